@@ -1,0 +1,1 @@
+"""Self-hosted group counter service speaking the hosted chat platform's REST commands."""

@@ -1,0 +1,133 @@
+"""Command line: serve the API, mint a usersig, check a config.
+
+    python -m service --host HOST --port PORT --config FILE   (serve is the default)
+    python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
+    python -m service check-config --config FILE
+    python -m service curl-example --config FILE [--port PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Final
+
+from starlette.applications import Starlette
+
+from service.auth import mint_usersig
+from service.config import App, ConfigError, Settings, load_config
+from service.store import EMBEDDED_URL
+
+CONFIG_ENV: Final = "SERVICE_CONFIG"
+SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example")
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's factory: each worker process loads the config named in the environment."""
+    from service.app import create_app
+
+    settings = load_config(os.environ[CONFIG_ENV])
+    logging.basicConfig(
+        level=settings.config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return create_app(settings)
+
+
+def _pick_app(settings: Settings, sdkappid: int | None) -> App:
+    if sdkappid is None:
+        return next(iter(settings.apps.values()))
+    if sdkappid not in settings.apps:
+        raise ConfigError(f"sdkappid {sdkappid} is not in the config")
+    return settings.apps[sdkappid]
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    if settings.redis_url == EMBEDDED_URL and args.workers > 1:
+        raise ConfigError("the embedded store (memory://) serves one process only; use --workers 1 or a Redis")
+    os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    uvicorn.run(
+        "service.__main__:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.config.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    return 0
+
+
+def _usersig(args: argparse.Namespace, settings: Settings) -> int:
+    app = _pick_app(settings, args.sdkappid)
+    identifier = args.identifier or sorted(app.admins)[0]
+    print(mint_usersig(app.sdkappid, app.secret_key, identifier, expire=args.expire))
+    return 0
+
+
+def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
+    app = _pick_app(settings, None)
+    identifier = sorted(app.admins)[0]
+    usersig = mint_usersig(app.sdkappid, app.secret_key, identifier, expire=86400)
+    base = f"http://{args.host}:{args.port}/v4/group_open_http_svc"
+    query = f"sdkappid={app.sdkappid}&identifier={identifier}&usersig={usersig}&random=1&contenttype=json"
+    print("Ready-to-paste (the usersig is valid for 24 h):")
+    if not app.implicit_groups:
+        print(f"curl -s '{base}/create_group?{query}' -d '{{\"Type\":\"Public\",\"Name\":\"demo\",\"GroupId\":\"demo\"}}'")
+    print(
+        f"curl -s '{base}/update_group_counter?{query}' "
+        "-d '{\"GroupId\":\"demo\",\"Mode\":\"Increase\",\"GroupCounter\":[{\"Key\":\"like\",\"Value\":1}]}'"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if not args_in or args_in[0] not in (*SUBCOMMANDS, "-h", "--help"):
+        args_in.insert(0, "serve")
+
+    parser = argparse.ArgumentParser(prog="python -m service")
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+    serve = sub.add_parser("serve", help="serve the API (the default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    usersig = sub.add_parser("usersig", help="mint a usersig for a configured app")
+    usersig.add_argument("--sdkappid", type=int, help="default: the first app in the config")
+    usersig.add_argument("--identifier", help="default: the app's first admin (sorted)")
+    usersig.add_argument("--expire", type=int, default=180 * 86400, help="seconds (default 180 days)")
+    sub.add_parser("check-config", help="load the config and report problems")
+    curl = sub.add_parser("curl-example", help="print ready-to-paste curl lines")
+    curl.add_argument("--host", default="127.0.0.1")
+    curl.add_argument("--port", type=int, default=8080)
+    for command in (serve, usersig, curl, sub.choices["check-config"]):
+        command.add_argument("--config", required=True, help="TOML config file")
+    args = parser.parse_args(args_in)
+
+    try:
+        settings = load_config(args.config)
+        match args.subcommand:
+            case "serve":
+                return _serve(args, settings)
+            case "usersig":
+                return _usersig(args, settings)
+            case "curl-example":
+                return _curl_example(args, settings)
+            case _:
+                print(f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://")
+                return 0
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""One function per command: decode the body, validate, run one script, build the reply.
+
+Each returns the encoded reply or raises `ServiceError`. Authentication has already
+happened; these see only the app and the body.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+import msgspec
+
+from service import store as scripts
+from service.config import App
+from service.errors import ErrorCode, ServiceError
+from service.store import Store, group_key
+from service.validate import (
+    COMMUNITY_PREFIX,
+    GENERATED_PREFIX,
+    check_custom_group_id,
+    check_group_id,
+    check_item_count,
+    check_keys,
+    check_name,
+)
+from service.wire import (
+    CreateGroup,
+    CreateGroupReply,
+    DeleteGroupCounter,
+    DestroyGroup,
+    GetGroupCounter,
+    GroupCounter,
+    GroupCounterReply,
+    Reply,
+    UpdateGroupCounter,
+    encoder,
+)
+
+T = TypeVar("T")
+Command = Callable[[Store, App, bytes], Awaitable[bytes]]
+
+_OK: Final = encoder.encode(Reply())
+_ID_ALPHABET: Final = string.ascii_letters + string.digits
+_CREATE_ATTEMPTS: Final = 5
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decode in one pass; 60003 for a body that is not a JSON object, 10004 for a bad field."""
+    try:
+        return decoder.decode(body or b"{}")
+    except msgspec.ValidationError as exc:
+        # msgspec checks types while it parses, so a type error can surface before a
+        # syntax error later in the body; the spec checks the body (60003) first.
+        try:
+            document = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise ServiceError(ErrorCode.BAD_BODY, "the body is not valid JSON") from exc
+        if not isinstance(document, dict):
+            raise ServiceError(ErrorCode.BAD_BODY, "the body is not a JSON object") from exc
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, f"invalid parameter: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ServiceError(ErrorCode.BAD_BODY, f"the body is not valid JSON: {exc}") from exc
+
+
+def _registered(app: App) -> str:
+    return "0" if app.implicit_groups else "1"
+
+
+def _check_implicit_community(app: App, group_id: str) -> None:
+    # In implicit mode no group type is stored: the ID prefix is the type.
+    if app.implicit_groups and group_id.startswith(COMMUNITY_PREFIX):
+        raise ServiceError(ErrorCode.NOT_ALLOWED, f"group {group_id!r} is a Community group, which has no counters")
+
+
+def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
+    code = reply[0]
+    if code == 0:
+        return
+    detail = reply[1] if len(reply) > 1 else None
+    match code:
+        case ErrorCode.GROUP_NOT_FOUND:
+            info = f"group {group_id!r} does not exist"
+        case ErrorCode.NOT_ALLOWED:
+            info = f"group {group_id!r} is a Community group, which has no counters"
+        case ErrorCode.INVALID_PARAMETER:
+            assert isinstance(detail, bytes)
+            info = f"Key {detail.decode()!r}: the result is outside the int64 range"
+        case ErrorCode.TOO_MANY_KEYS:
+            info = f"the group would hold {detail} keys; at most 20 are allowed"
+        case ErrorCode.GROUP_ID_TAKEN:
+            info = f"GroupId {group_id!r} is taken"
+        case _:
+            raise ServiceError(ErrorCode.INTERNAL, "internal error: unexpected store reply")
+    raise ServiceError(ErrorCode(code), info)
+
+
+_update_decoder: Final = msgspec.json.Decoder(UpdateGroupCounter)
+_get_decoder: Final = msgspec.json.Decoder(GetGroupCounter)
+_delete_decoder: Final = msgspec.json.Decoder(DeleteGroupCounter)
+_create_decoder: Final = msgspec.json.Decoder(CreateGroup)
+_destroy_decoder: Final = msgspec.json.Decoder(DestroyGroup)
+
+
+async def update_group_counter(store: Store, app: App, body: bytes) -> bytes:
+    request = decode_body(_update_decoder, body)
+    items = request.group_counter
+    keys = check_keys([item.key for item in items])
+    group_id = check_group_id(request.group_id)
+    check_item_count(len(items), "GroupCounter")
+    _check_implicit_community(app, group_id)
+
+    mode = request.mode or "Set"
+    args: list[scripts.ScriptArg] = [_registered(app), "set" if mode == "Set" else "add"]
+    for key, item in zip(keys, items, strict=True):
+        # A Decrease is an add of the negated Value; -(-2**63) is one past int64,
+        # which the script's limb arithmetic handles and a Redis HINCRBY could not.
+        amount = -item.value if mode == "Decrease" else item.value
+        args += (key, str(amount))
+    reply = await store.run(scripts.UPDATE_COUNTERS, [group_key(app.sdkappid, group_id)], args)
+    _raise_for(reply, group_id)
+
+    counters = [
+        GroupCounter(key=item.key, value=int(value))  # type: ignore[arg-type]
+        for item, value in zip(items, reply[1:], strict=True)
+    ]
+    return encoder.encode(GroupCounterReply(group_counter=counters))
+
+
+async def get_group_counter(store: Store, app: App, body: bytes) -> bytes:
+    request = decode_body(_get_decoder, body)
+    wanted = request.group_counter_keys or []
+    keys = check_keys(wanted)
+    group_id = check_group_id(request.group_id)
+    check_item_count(len(keys), "GroupCounterKeys")
+    _check_implicit_community(app, group_id)
+
+    reply = await store.run(
+        scripts.GET_COUNTERS, [group_key(app.sdkappid, group_id)], [_registered(app), *keys]
+    )
+    _raise_for(reply, group_id)
+
+    values = reply[1:]
+    if keys:
+        found = [(key, value) for key, value in zip(wanted, values, strict=True) if value is not None]
+        counters = [GroupCounter(key=key, value=int(value)) for key, value in found]  # type: ignore[arg-type]
+    else:
+        pairs = sorted(zip(values[0::2], values[1::2], strict=True))  # byte order of the Keys
+        counters = [
+            GroupCounter(key=key.decode(), value=int(value))  # type: ignore[union-attr, arg-type]
+            for key, value in pairs
+        ]
+    return encoder.encode(GroupCounterReply(group_counter=counters))
+
+
+async def delete_group_counter(store: Store, app: App, body: bytes) -> bytes:
+    request = decode_body(_delete_decoder, body)
+    keys = check_keys(request.group_counter_keys or [])
+    group_id = check_group_id(request.group_id)
+    check_item_count(len(keys), "GroupCounterKeys")
+    _check_implicit_community(app, group_id)
+
+    reply = await store.run(
+        scripts.DELETE_COUNTERS, [group_key(app.sdkappid, group_id)], [_registered(app), *keys]
+    )
+    _raise_for(reply, group_id)
+    return _OK
+
+
+def _generated_group_id(community: bool) -> str:
+    suffix = "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+    return (COMMUNITY_PREFIX + GENERATED_PREFIX if community else GENERATED_PREFIX) + suffix
+
+
+async def create_group(store: Store, app: App, body: bytes) -> bytes:
+    request = decode_body(_create_decoder, body)
+    check_name(request.name)
+    community = request.type == "Community"
+    if request.group_id is not None:
+        group_id = check_custom_group_id(request.group_id, community=community)
+    else:
+        group_id = _generated_group_id(community)
+
+    if app.implicit_groups:
+        # Every well-formed GroupId already exists in implicit mode; nothing to store.
+        return encoder.encode(CreateGroupReply(group_id=group_id))
+    for _ in range(_CREATE_ATTEMPTS):
+        reply = await store.run(scripts.CREATE_GROUP, [group_key(app.sdkappid, group_id)], [request.type])
+        if reply[0] != ErrorCode.GROUP_ID_TAKEN or request.group_id is not None:
+            break
+        group_id = _generated_group_id(community)  # a collision in 62**10 IDs: draw again
+    _raise_for(reply, group_id)
+    return encoder.encode(CreateGroupReply(group_id=group_id))
+
+
+async def destroy_group(store: Store, app: App, body: bytes) -> bytes:
+    request = decode_body(_destroy_decoder, body)
+    group_id = check_group_id(request.group_id)
+    reply = await store.run(
+        scripts.DESTROY_GROUP, [group_key(app.sdkappid, group_id)], [_registered(app)]
+    )
+    _raise_for(reply, group_id)
+    return _OK
+
+
+COMMANDS: Final[dict[str, Command]] = {
+    "update_group_counter": update_group_counter,
+    "get_group_counter": get_group_counter,
+    "delete_group_counter": delete_group_counter,
+    "create_group": create_group,
+    "destroy_group": destroy_group,
+}

@@ -1,0 +1,118 @@
+"""The TOML config (spec §7) as typed settings; anything wrong stops the service at start.
+
+Unknown keys, a duplicate sdkappid, a missing secret or a bad group mode each raise
+`ConfigError` with a message naming the problem and where it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+GroupMode = Literal["registered", "implicit"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """The config cannot run; the message says what to fix."""
+
+
+class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    sdkappid: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    admins: list[str]
+    secret_key: str | None = None
+    secret_key_env: str | None = None
+    groups: GroupMode = "registered"
+    rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    apps: list[AppConfig]
+    redis_url: str = "memory://"
+    redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    redis_max_connections: Annotated[int, msgspec.Meta(ge=1)] = 64
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
+    usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
+    log_level: LogLevel = "info"
+
+
+class App(msgspec.Struct, frozen=True):
+    """A configured app with its secret resolved."""
+
+    sdkappid: int
+    secret_key: str
+    admins: frozenset[str]
+    implicit_groups: bool
+    rate_limit: int
+
+
+class Settings(msgspec.Struct, frozen=True):
+    config: Config
+    apps: dict[int, App]
+    redis_url: str
+
+
+def _resolve_secret(app: AppConfig, index: int, environ: Mapping[str, str]) -> str:
+    where = f"apps[{index}] (sdkappid {app.sdkappid})"
+    if app.secret_key is not None and app.secret_key_env is not None:
+        raise ConfigError(f"{where}: set secret_key or secret_key_env, not both")
+    if app.secret_key_env is not None:
+        secret = environ.get(app.secret_key_env, "")
+        if not secret:
+            raise ConfigError(
+                f"{where}: secret_key_env names {app.secret_key_env!r}, "
+                "which is not set or empty in the environment"
+            )
+        return secret
+    if not app.secret_key:
+        raise ConfigError(f"{where}: missing secret_key (or secret_key_env)")
+    return app.secret_key
+
+
+def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    try:
+        config = msgspec.toml.decode(text.encode(), type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from exc
+    if not config.apps:
+        raise ConfigError("no [[apps]] configured")
+    apps: dict[int, App] = {}
+    for index, app in enumerate(config.apps):
+        if app.sdkappid in apps:
+            raise ConfigError(f"apps[{index}]: duplicate sdkappid {app.sdkappid}")
+        if not app.admins or not all(app.admins):
+            raise ConfigError(
+                f"apps[{index}] (sdkappid {app.sdkappid}): admins must list "
+                "at least one non-empty identifier"
+            )
+        apps[app.sdkappid] = App(
+            sdkappid=app.sdkappid,
+            secret_key=_resolve_secret(app, index, env),
+            admins=frozenset(app.admins),
+            implicit_groups=app.groups == "implicit",
+            rate_limit=app.rate_limit,
+        )
+    redis_url = env.get("REDIS_URL") or config.redis_url
+    if not redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
+        raise ConfigError(
+            f"redis_url {redis_url!r}: expected redis://, rediss://, unix:// or memory://"
+        )
+    return Settings(config=config, apps=apps, redis_url=redis_url)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        return parse_config(text, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

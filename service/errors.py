@@ -1,0 +1,42 @@
+"""Error codes of the wire contract, and the one exception type that carries them.
+
+Every failure the service answers is a `ServiceError`: a code from `ErrorCode` and a
+plain-words message. `app.py` is the only place that turns one into the wire envelope.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    OK = 0
+    INTERNAL = 10002
+    INVALID_PARAMETER = 10004
+    NOT_ALLOWED = 10007
+    GROUP_NOT_FOUND = 10010
+    BAD_GROUP_ID = 10015
+    GROUP_ID_TAKEN = 10021
+    TOO_MANY_KEYS = 10063
+    BAD_QUERY = 60002
+    BAD_BODY = 60003
+    UNKNOWN_APP = 60006
+    RATE_LIMITED = 60007
+    UNKNOWN_COMMAND = 60009
+    NOT_ADMIN = 60010
+    SDKAPPID_MISSING = 60012
+    USERSIG_EXPIRED = 70001
+    USERSIG_MISSING = 70002
+    USERSIG_UNDECODABLE = 70003
+    USERSIG_BAD_SIGNATURE = 70009
+    USERSIG_WRONG_IDENTIFIER = 70013
+    USERSIG_WRONG_SDKAPPID = 70014
+
+
+class ServiceError(Exception):
+    """A failure with its wire code; `info` is shown to the client as ErrorInfo."""
+
+    def __init__(self, code: ErrorCode, info: str) -> None:
+        super().__init__(f"{int(code)}: {info}")
+        self.code = code
+        self.info = info

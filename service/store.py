@@ -1,0 +1,119 @@
+"""Redis access: key naming, the Lua scripts, and the one call path every command uses.
+
+A group's counters live in one hash named `{<sdkappid>:<GroupId>}`; the braces make
+the whole name the Redis Cluster hash tag, so any later key of the group (an
+idempotency record, say) written as `{<sdkappid>:<GroupId>}:<suffix>` lands in the
+same slot.
+
+`memory://` runs the same scripts on fakeredis inside the process (Lua 5.1, as in
+Redis), for a first run with no Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.errors import ErrorCode, ServiceError
+
+log = logging.getLogger("service.store")
+
+EMBEDDED_URL: Final = "memory://"
+
+ScriptArg = str | bytes | int
+ScriptReply = list[bytes | int | None]
+
+
+def group_key(sdkappid: int, group_id: str) -> str:
+    return f"{{{sdkappid}:{group_id}}}"
+
+
+def _lua_dir() -> Path:
+    """The scripts ship inside the wheel as service/lua; a source checkout has ./lua."""
+    packaged = resources.files("service").joinpath("lua")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "lua"
+
+
+class Script:
+    """One Lua file, called with `keys` KEYS (the count its header documents)."""
+
+    def __init__(self, name: str, keys: int) -> None:
+        self.name = name
+        self.keys = keys
+        self.source = (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+
+
+UPDATE_COUNTERS: Final = Script("update_counters", keys=1)
+GET_COUNTERS: Final = Script("get_counters", keys=1)
+DELETE_COUNTERS: Final = Script("delete_counters", keys=1)
+CREATE_GROUP: Final = Script("create_group", keys=1)
+DESTROY_GROUP: Final = Script("destroy_group", keys=1)
+SCRIPTS: Final = (UPDATE_COUNTERS, GET_COUNTERS, DELETE_COUNTERS, CREATE_GROUP, DESTROY_GROUP)
+
+
+def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis:
+    if url == EMBEDDED_URL:
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # No automatic retries: a script call that timed out may have run, and running
+    # an Increase twice would count it twice. Failing with 10002 lets the client decide.
+    # A blocking pool bounds the connections: past max_connections a call waits up
+    # to `timeout` for a free one and then fails, instead of opening sockets unboundedly.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        timeout=timeout,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class Store:
+    """Runs the scripts; every Redis fault becomes a 10002 `ServiceError`."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._scripts = {script.name: client.register_script(script.source) for script in SCRIPTS}
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
+        assert len(keys) == script.keys, f"{script.name} takes {script.keys} keys"
+        try:
+            reply: ScriptReply = await self._scripts[script.name](keys=keys, args=args)
+        except RedisError as exc:
+            log.warning("redis call %s failed: %s: %s", script.name, type(exc).__name__, exc)
+            raise ServiceError(ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later") from exc
+        return reply
+
+    async def wait_until_reachable(self, url_for_log: str) -> None:
+        """Ping until Redis answers, backing off to 5 s, saying so at each failure."""
+        delay = 0.1
+        while True:
+            try:
+                await self.client.ping()
+            except RedisError as exc:
+                log.warning(
+                    "redis at %s is unreachable (%s); retrying in %.1f s",
+                    url_for_log, exc, delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("redis at %s is reachable", url_for_log)
+            return
+
+    async def close(self) -> None:
+        await self.client.aclose()

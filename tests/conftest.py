@@ -1,0 +1,51 @@
+"""Fixtures: every contract test runs against a real redis-server and the embedded store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings, parse_config
+from service.store import Store, connect
+from tests.support import CONFIG, Api, RedisServer
+
+BACKENDS = ["redis", "memory"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return parse_config(CONFIG, environ={})
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Iterator[Api]:
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        inspector = redis.Redis.from_url(server.url)
+        inspector.flushall()
+        store = Store(connect(server.url, timeout=2.0, max_connections=16))
+    else:
+        fake_server = fakeredis.FakeServer()
+        inspector = fakeredis.FakeRedis(server=fake_server)
+        store = Store(fakeredis.FakeAsyncRedis(server=fake_server))
+    with TestClient(create_app(settings, store)) as client:
+        yield Api(client=client, inspector=inspector)
+    inspector.close()

@@ -1,0 +1,195 @@
+"""Helpers for the tests: a redis-server on a free port, the test apps, an API client."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import redis
+from starlette.testclient import TestClient
+
+from service.auth import mint_usersig
+
+REGISTERED_APP: Final = 1400000000
+IMPLICIT_APP: Final = 1400000001
+OTHER_APP: Final = 1400000002
+SECRET_KEYS: Final = {
+    REGISTERED_APP: "secret-of-the-registered-app",
+    IMPLICIT_APP: "secret-of-the-implicit-app",
+    OTHER_APP: "secret-of-the-other-app",
+}
+ADMIN: Final = "administrator"
+
+CONFIG: Final = f"""
+redis_url = "memory://"
+
+[[apps]]
+sdkappid = {REGISTERED_APP}
+secret_key = "{SECRET_KEYS[REGISTERED_APP]}"
+admins = ["{ADMIN}", "ops"]
+groups = "registered"
+
+[[apps]]
+sdkappid = {IMPLICIT_APP}
+secret_key = "{SECRET_KEYS[IMPLICIT_APP]}"
+admins = ["{ADMIN}"]
+groups = "implicit"
+
+[[apps]]
+sdkappid = {OTHER_APP}
+secret_key = "{SECRET_KEYS[OTHER_APP]}"
+admins = ["{ADMIN}"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of our own on a free loopback port; nothing on disk."""
+
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="redis-test-")))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make redis-server` (apt-get install redis-server)")
+        for _ in range(5):
+            self.port = self.port or free_port()
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            if self._wait_ready():
+                return self
+            self.stop()
+            self.port = 0
+        raise RuntimeError("redis-server did not start; see its log in " + str(self.workdir))
+
+    def _wait_ready(self, seconds: float = 10.0) -> bool:
+        deadline = time.monotonic() + seconds
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    return False
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return True
+                time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def usersig_for(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **kwargs: Any) -> str:
+    return mint_usersig(sdkappid, kwargs.pop("secret_key", SECRET_KEYS[sdkappid]), identifier, **kwargs)
+
+
+def query(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **overrides: Any) -> str:
+    params: dict[str, Any] = {
+        "sdkappid": sdkappid,
+        "identifier": identifier,
+        "usersig": usersig_for(sdkappid, identifier),
+        "random": 12345,
+        "contenttype": "json",
+    }
+    for name, value in overrides.items():
+        if value is None:
+            params.pop(name, None)
+        else:
+            params[name] = value
+    return urlencode(params)
+
+
+@dataclass
+class Api:
+    """Calls commands the way a client of the hosted platform does."""
+
+    client: TestClient
+    inspector: redis.Redis
+
+    def call(self, command: str, body: Any = None, *, raw: bytes | None = None,
+             sdkappid: int = REGISTERED_APP, **query_overrides: Any) -> dict[str, Any]:
+        response = self.post(command, body, raw=raw, sdkappid=sdkappid, **query_overrides)
+        assert response.status_code == 200, response.text
+        reply: dict[str, Any] = response.json()
+        assert reply["ActionStatus"] == ("OK" if reply["ErrorCode"] == 0 else "FAIL")
+        return reply
+
+    def post(self, command: str, body: Any = None, *, raw: bytes | None = None,
+             sdkappid: int = REGISTERED_APP, path: str | None = None, **query_overrides: Any) -> Any:
+        content = raw if raw is not None else (b"" if body is None else _json(body))
+        url = (path or f"/v4/group_open_http_svc/{command}") + "?" + query(sdkappid, **query_overrides)
+        return self.client.post(url, content=content)
+
+    def create(self, group_id: str, group_type: str = "Public", *, sdkappid: int = REGISTERED_APP) -> None:
+        reply = self.call("create_group", {"Type": group_type, "Name": "g", "GroupId": group_id}, sdkappid=sdkappid)
+        assert reply["ErrorCode"] == 0, reply
+
+    def update(self, group_id: str, counters: dict[str, int], mode: str | None = "Set",
+               *, sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
+        body: dict[str, Any] = {"GroupId": group_id, "GroupCounter": [{"Key": k, "Value": v} for k, v in counters.items()]}
+        if mode is not None:
+            body["Mode"] = mode
+        return self.call("update_group_counter", body, sdkappid=sdkappid)
+
+    def get(self, group_id: str, keys: list[str] | None = None, *, sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
+        body: dict[str, Any] = {"GroupId": group_id}
+        if keys is not None:
+            body["GroupCounterKeys"] = keys
+        return self.call("get_group_counter", body, sdkappid=sdkappid)
+
+    def counters(self, group_id: str, *, sdkappid: int = REGISTERED_APP) -> dict[str, int]:
+        reply = self.get(group_id, sdkappid=sdkappid)
+        assert reply["ErrorCode"] == 0, reply
+        return {item["Key"]: item["Value"] for item in reply["GroupCounter"]}
+
+    def state(self) -> dict[bytes, dict[bytes, bytes]]:
+        """Everything in the store, to assert that a failed call changed nothing."""
+        return {key: self.inspector.hgetall(key) for key in sorted(self.inspector.keys("*"))}
+
+
+def _json(body: Any) -> bytes:
+    import json
+
+    return json.dumps(body).encode()
+
+
+def group_key(sdkappid: int, group_id: str) -> bytes:
+    return f"{{{sdkappid}:{group_id}}}".encode()
+
+
+def iterate(n: int) -> Iterator[int]:
+    return iter(range(n))
