@@ -1,9 +1,9 @@
 """Command line: serve the API, mint a usersig, check a config.
 
-    python -m service --host HOST --port PORT --config FILE   (serve is the default)
-    python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
-    python -m service check-config --config FILE
-    python -m service curl-example --config FILE [--port PORT]
+python -m service --host HOST --port PORT --config FILE   (serve is the default)
+python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
+python -m service check-config --config FILE
+python -m service curl-example --config FILE [--port PORT]
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     if settings.redis_url == EMBEDDED_URL and args.workers > 1:
-        raise ConfigError("the embedded store (memory://) serves one process only; use --workers 1 or a Redis")
+        raise ConfigError(
+            "the embedded store (memory://) serves one process only; use --workers 1 or a Redis"
+        )
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     uvicorn.run(
         "service.__main__:app_from_env",
@@ -80,10 +82,11 @@ def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
     query = f"sdkappid={app.sdkappid}&identifier={identifier}&usersig={usersig}&random=1&contenttype=json"
     print("Ready-to-paste (the usersig is valid for 24 h):")
     if not app.implicit_groups:
-        print(f"curl -s '{base}/create_group?{query}' -d '{{\"Type\":\"Public\",\"Name\":\"demo\",\"GroupId\":\"demo\"}}'")
+        body = '{"Type":"Public","Name":"demo","GroupId":"demo"}'
+        print(f"curl -s '{base}/create_group?{query}' -d '{body}'")
     print(
         f"curl -s '{base}/update_group_counter?{query}' "
-        "-d '{\"GroupId\":\"demo\",\"Mode\":\"Increase\",\"GroupCounter\":[{\"Key\":\"like\",\"Value\":1}]}'"
+        '-d \'{"GroupId":"demo","Mode":"Increase","GroupCounter":[{"Key":"like","Value":1}]}\''
     )
     return 0
 
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    serve.add_argument(
+        "--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM"
+    )
     usersig = sub.add_parser("usersig", help="mint a usersig for a configured app")
     usersig.add_argument("--sdkappid", type=int, help="default: the first app in the config")
     usersig.add_argument("--identifier", help="default: the app's first admin (sorted)")
@@ -122,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             case "curl-example":
                 return _curl_example(args, settings)
             case _:
-                print(f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://")
+                print(
+                    f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://"
+                )
                 return 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

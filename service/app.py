@@ -56,7 +56,9 @@ class Service:
             caller = parse_query(request.scope["query_string"], self.settings.apps)
             self.verifier.verify(caller.usersig, caller.app.sdkappid, caller.identifier)
             if caller.identifier not in caller.app.admins:
-                raise ServiceError(ErrorCode.NOT_ADMIN, f"identifier {caller.identifier!r} is not an admin of the app")
+                raise ServiceError(
+                    ErrorCode.NOT_ADMIN, f"identifier {caller.identifier!r} is not an admin of the app"
+                )
             body = await read_body(request, self.settings.config.max_body_bytes)
             reply = await command(self.store, caller.app, body)
         except ServiceError as exc:
@@ -78,7 +80,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     config = settings.config
     service = Service(
         settings,
-        store or Store(connect(settings.redis_url, timeout=config.redis_timeout, max_connections=config.redis_max_connections)),
+        store
+        or Store(
+            connect(
+                settings.redis_url, timeout=config.redis_timeout, max_connections=config.redis_max_connections
+            )
+        ),
     )
 
     @contextlib.asynccontextmanager
@@ -100,7 +107,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route(COMMAND_PREFIX + "{command}", service.handle, methods=["POST"]),
-            Route("/{path:path}", _unknown_path, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+            Route(
+                "/{path:path}",
+                _unknown_path,
+                methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+            ),
         ],
         lifespan=lifespan,
     )

@@ -52,12 +52,9 @@ class _Proven(msgspec.Struct, frozen=True):
     expires_at: int
 
 
-def _signed_content(
-    identifier: str, sdkappid: int, sig_time: int, expire: int, userbuf: str | None
-) -> bytes:
+def _signed_content(identifier: str, sdkappid: int, sig_time: int, expire: int, userbuf: str | None) -> bytes:
     content = (
-        f"TLS.identifier:{identifier}\nTLS.sdkappid:{sdkappid}\n"
-        f"TLS.time:{sig_time}\nTLS.expire:{expire}\n"
+        f"TLS.identifier:{identifier}\nTLS.sdkappid:{sdkappid}\nTLS.time:{sig_time}\nTLS.expire:{expire}\n"
     )
     if userbuf is not None:
         content += f"TLS.userbuf:{userbuf}\n"
@@ -73,9 +70,7 @@ def _decode(usersig: str) -> UsersigDocument:
         ErrorCode.USERSIG_UNDECODABLE, "usersig does not decode as a TLSSigAPIv2 signature"
     )
     try:
-        compressed = base64.b64decode(
-            usersig.encode("ascii").translate(_TO_STANDARD_BASE64), validate=True
-        )
+        compressed = base64.b64decode(usersig.encode("ascii").translate(_TO_STANDARD_BASE64), validate=True)
         inflater = zlib.decompressobj()
         raw = inflater.decompress(compressed, _MAX_INFLATED_BYTES)
         if inflater.unconsumed_tail:
@@ -133,17 +128,11 @@ class UsersigVerifier:
         return _Proven(sdkappid, identifier, document.time + document.expire)
 
     @staticmethod
-    def _check_claims(
-        signed_sdkappid: int, signed_identifier: str, sdkappid: int, identifier: str
-    ) -> None:
+    def _check_claims(signed_sdkappid: int, signed_identifier: str, sdkappid: int, identifier: str) -> None:
         if signed_sdkappid != sdkappid:
-            raise ServiceError(
-                ErrorCode.USERSIG_WRONG_SDKAPPID, "usersig was made for another sdkappid"
-            )
+            raise ServiceError(ErrorCode.USERSIG_WRONG_SDKAPPID, "usersig was made for another sdkappid")
         if signed_identifier != identifier:
-            raise ServiceError(
-                ErrorCode.USERSIG_WRONG_IDENTIFIER, "usersig was made for another identifier"
-            )
+            raise ServiceError(ErrorCode.USERSIG_WRONG_IDENTIFIER, "usersig was made for another identifier")
 
 
 def mint_usersig(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -72,24 +72,25 @@ def _registered(app: App) -> str:
 def _check_implicit_community(app: App, group_id: str) -> None:
     # In implicit mode no group type is stored: the ID prefix is the type.
     if app.implicit_groups and group_id.startswith(COMMUNITY_PREFIX):
-        raise ServiceError(ErrorCode.NOT_ALLOWED, f"group {group_id!r} is a Community group, which has no counters")
+        raise ServiceError(
+            ErrorCode.NOT_ALLOWED, f"group {group_id!r} is a Community group, which has no counters"
+        )
 
 
 def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
     code = reply[0]
     if code == 0:
         return
-    detail = reply[1] if len(reply) > 1 else None
+    detail: Any = reply[1] if len(reply) > 1 else None
     match code:
         case ErrorCode.GROUP_NOT_FOUND:
             info = f"group {group_id!r} does not exist"
         case ErrorCode.NOT_ALLOWED:
             info = f"group {group_id!r} is a Community group, which has no counters"
         case ErrorCode.INVALID_PARAMETER:
-            assert isinstance(detail, bytes)
             info = f"Key {detail.decode()!r}: the result is outside the int64 range"
         case ErrorCode.TOO_MANY_KEYS:
-            info = f"the group would hold {detail} keys; at most 20 are allowed"
+            info = f"the group would hold {detail!s} keys; at most 20 are allowed"
         case ErrorCode.GROUP_ID_TAKEN:
             info = f"GroupId {group_id!r} is taken"
         case _:
@@ -123,8 +124,7 @@ async def update_group_counter(store: Store, app: App, body: bytes) -> bytes:
     _raise_for(reply, group_id)
 
     counters = [
-        GroupCounter(key=item.key, value=int(value))  # type: ignore[arg-type]
-        for item, value in zip(items, reply[1:], strict=True)
+        GroupCounter(key=item.key, value=int(value)) for item, value in zip(items, reply[1:], strict=True)
     ]
     return encoder.encode(GroupCounterReply(group_counter=counters))
 
@@ -145,13 +145,10 @@ async def get_group_counter(store: Store, app: App, body: bytes) -> bytes:
     values = reply[1:]
     if keys:
         found = [(key, value) for key, value in zip(wanted, values, strict=True) if value is not None]
-        counters = [GroupCounter(key=key, value=int(value)) for key, value in found]  # type: ignore[arg-type]
+        counters = [GroupCounter(key=key, value=int(value)) for key, value in found]
     else:
         pairs = sorted(zip(values[0::2], values[1::2], strict=True))  # byte order of the Keys
-        counters = [
-            GroupCounter(key=key.decode(), value=int(value))  # type: ignore[union-attr, arg-type]
-            for key, value in pairs
-        ]
+        counters = [GroupCounter(key=key.decode(), value=int(value)) for key, value in pairs]
     return encoder.encode(GroupCounterReply(group_counter=counters))
 
 
@@ -198,9 +195,7 @@ async def create_group(store: Store, app: App, body: bytes) -> bytes:
 async def destroy_group(store: Store, app: App, body: bytes) -> bytes:
     request = decode_body(_destroy_decoder, body)
     group_id = check_group_id(request.group_id)
-    reply = await store.run(
-        scripts.DESTROY_GROUP, [group_key(app.sdkappid, group_id)], [_registered(app)]
-    )
+    reply = await store.run(scripts.DESTROY_GROUP, [group_key(app.sdkappid, group_id)], [_registered(app)])
     _raise_for(reply, group_id)
     return _OK
 

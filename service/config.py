@@ -89,8 +89,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             raise ConfigError(f"apps[{index}]: duplicate sdkappid {app.sdkappid}")
         if not app.admins or not all(app.admins):
             raise ConfigError(
-                f"apps[{index}] (sdkappid {app.sdkappid}): admins must list "
-                "at least one non-empty identifier"
+                f"apps[{index}] (sdkappid {app.sdkappid}): admins must list at least one non-empty identifier"
             )
         apps[app.sdkappid] = App(
             sdkappid=app.sdkappid,
@@ -101,9 +100,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
         )
     redis_url = env.get("REDIS_URL") or config.redis_url
     if not redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
-        raise ConfigError(
-            f"redis_url {redis_url!r}: expected redis://, rediss://, unix:// or memory://"
-        )
+        raise ConfigError(f"redis_url {redis_url!r}: expected redis://, rediss://, unix:// or memory://")
     return Settings(config=config, apps=apps, redis_url=redis_url)
 
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -30,7 +30,8 @@ log = logging.getLogger("service.store")
 EMBEDDED_URL: Final = "memory://"
 
 ScriptArg = str | bytes | int
-ScriptReply = list[bytes | int | None]
+# Each script documents its reply shape in its header; commands.py reads it at the boundary.
+ScriptReply = list[Any]
 
 
 def group_key(sdkappid: int, group_id: str) -> str:
@@ -95,7 +96,9 @@ class Store:
             reply: ScriptReply = await self._scripts[script.name](keys=keys, args=args)
         except RedisError as exc:
             log.warning("redis call %s failed: %s: %s", script.name, type(exc).__name__, exc)
-            raise ServiceError(ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later") from exc
+            raise ServiceError(
+                ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
+            ) from exc
         return reply
 
     async def wait_until_reachable(self, url_for_log: str) -> None:
@@ -107,7 +110,9 @@ class Store:
             except RedisError as exc:
                 log.warning(
                     "redis at %s is unreachable (%s); retrying in %.1f s",
-                    url_for_log, exc, delay,
+                    url_for_log,
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

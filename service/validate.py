@@ -24,6 +24,7 @@ COMMUNITY_PREFIX: Final = "@TGS#_"
 def check_keys(keys: Sequence[str]) -> list[bytes]:
     """Every Key non-empty, at most 128 bytes of UTF-8, and no Key twice; returns them encoded."""
     encoded: list[bytes] = []
+    seen: set[bytes] = set()
     for key in keys:
         raw = key.encode()
         if not raw:
@@ -33,14 +34,12 @@ def check_keys(keys: Sequence[str]) -> list[bytes]:
                 ErrorCode.INVALID_PARAMETER,
                 f"Key {key!r} is {len(raw)} bytes; a Key is at most {MAX_KEY_BYTES} bytes of UTF-8",
             )
+        if raw in seen:
+            raise ServiceError(
+                ErrorCode.INVALID_PARAMETER, f"Key {key!r} appears more than once in the request"
+            )
+        seen.add(raw)
         encoded.append(raw)
-    if len(set(encoded)) != len(encoded):
-        seen: set[bytes] = set()
-        duplicate = next(raw for raw in encoded if raw in seen or seen.add(raw))
-        raise ServiceError(
-            ErrorCode.INVALID_PARAMETER,
-            f"Key {duplicate.decode()!r} appears more than once in the request",
-        )
     return encoded
 
 
@@ -48,9 +47,7 @@ def check_group_id(group_id: str) -> str:
     """1..48 bytes of printable ASCII (0x20..0x7e), else 10015."""
     if not group_id:
         raise ServiceError(ErrorCode.BAD_GROUP_ID, "GroupId must not be empty")
-    if len(group_id) > MAX_GROUP_ID_BYTES or not (
-        group_id.isascii() and group_id.isprintable()
-    ):
+    if len(group_id) > MAX_GROUP_ID_BYTES or not (group_id.isascii() and group_id.isprintable()):
         raise ServiceError(
             ErrorCode.BAD_GROUP_ID,
             f"GroupId must be 1 to {MAX_GROUP_ID_BYTES} printable ASCII characters",

@@ -73,13 +73,29 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: run `make redis-server` (apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: run `make redis-server` (apt-get install redis-server)"
+            )
         for _ in range(5):
             self.port = self.port or free_port()
             self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--logfile",
+                    str(self.workdir / "redis.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             if self._wait_ready():
                 return self
@@ -140,32 +156,60 @@ class Api:
     client: TestClient
     inspector: redis.Redis
 
-    def call(self, command: str, body: Any = None, *, raw: bytes | None = None,
-             sdkappid: int = REGISTERED_APP, **query_overrides: Any) -> dict[str, Any]:
+    def call(
+        self,
+        command: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        sdkappid: int = REGISTERED_APP,
+        **query_overrides: Any,
+    ) -> dict[str, Any]:
         response = self.post(command, body, raw=raw, sdkappid=sdkappid, **query_overrides)
         assert response.status_code == 200, response.text
         reply: dict[str, Any] = response.json()
         assert reply["ActionStatus"] == ("OK" if reply["ErrorCode"] == 0 else "FAIL")
         return reply
 
-    def post(self, command: str, body: Any = None, *, raw: bytes | None = None,
-             sdkappid: int = REGISTERED_APP, path: str | None = None, **query_overrides: Any) -> Any:
+    def post(
+        self,
+        command: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        sdkappid: int = REGISTERED_APP,
+        path: str | None = None,
+        **query_overrides: Any,
+    ) -> Any:
         content = raw if raw is not None else (b"" if body is None else _json(body))
         url = (path or f"/v4/group_open_http_svc/{command}") + "?" + query(sdkappid, **query_overrides)
         return self.client.post(url, content=content)
 
     def create(self, group_id: str, group_type: str = "Public", *, sdkappid: int = REGISTERED_APP) -> None:
-        reply = self.call("create_group", {"Type": group_type, "Name": "g", "GroupId": group_id}, sdkappid=sdkappid)
+        reply = self.call(
+            "create_group", {"Type": group_type, "Name": "g", "GroupId": group_id}, sdkappid=sdkappid
+        )
         assert reply["ErrorCode"] == 0, reply
 
-    def update(self, group_id: str, counters: dict[str, int], mode: str | None = "Set",
-               *, sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
-        body: dict[str, Any] = {"GroupId": group_id, "GroupCounter": [{"Key": k, "Value": v} for k, v in counters.items()]}
+    def update(
+        self,
+        group_id: str,
+        counters: dict[str, int],
+        mode: str | None = "Set",
+        *,
+        sdkappid: int = REGISTERED_APP,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "GroupId": group_id,
+            "GroupCounter": [{"Key": k, "Value": v} for k, v in counters.items()],
+        }
         if mode is not None:
             body["Mode"] = mode
         return self.call("update_group_counter", body, sdkappid=sdkappid)
 
-    def get(self, group_id: str, keys: list[str] | None = None, *, sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
+    def get(
+        self, group_id: str, keys: list[str] | None = None, *, sdkappid: int = REGISTERED_APP
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"GroupId": group_id}
         if keys is not None:
             body["GroupCounterKeys"] = keys
@@ -176,7 +220,7 @@ class Api:
         assert reply["ErrorCode"] == 0, reply
         return {item["Key"]: item["Value"] for item in reply["GroupCounter"]}
 
-    def state(self) -> dict[bytes, dict[bytes, bytes]]:
+    def state(self) -> dict[Any, Any]:
         """Everything in the store, to assert that a failed call changed nothing."""
         return {key: self.inspector.hgetall(key) for key in sorted(self.inspector.keys("*"))}
 
