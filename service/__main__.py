@@ -9,15 +9,16 @@ python -m service curl-example --config FILE [--port PORT]
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+import tempfile
 from typing import Final
 
 from starlette.applications import Starlette
 
 from service.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
+from service.logs import setup_logging
 from service.store import EMBEDDED_URL
 
 CONFIG_ENV: Final = "SERVICE_CONFIG"
@@ -29,10 +30,7 @@ def app_from_env() -> Starlette:
     from service.app import create_app
 
     settings = load_config(os.environ[CONFIG_ENV])
-    logging.basicConfig(
-        level=settings.config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.config.log_level, settings.config.log_format)
     return create_app(settings)
 
 
@@ -51,7 +49,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             "the embedded store (memory://) serves one process only; use --workers 1 or a Redis"
         )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    setup_logging(settings.config.log_level, settings.config.log_format)
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Workers share their metrics through files here; set before they start.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="group-counter-metrics-")
     uvicorn.run(
         "service.__main__:app_from_env",
         factory=True,
@@ -61,8 +65,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
-        log_level=settings.config.log_level,
+        log_config=None,
         timeout_graceful_shutdown=args.graceful_timeout,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
     return 0
 
@@ -103,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
-        "--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM"
+        "--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight calls on SIGTERM"
     )
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     usersig = sub.add_parser("usersig", help="mint a usersig for a configured app")
     usersig.add_argument("--sdkappid", type=int, help="default: the first app in the config")
     usersig.add_argument("--identifier", help="default: the app's first admin (sorted)")

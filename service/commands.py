@@ -1,7 +1,7 @@
-"""One function per command: decode the body, validate, run one script, build the reply.
+"""One function per command: validate the decoded request, run one script, build the reply.
 
 Each returns the encoded reply or raises `ServiceError`. Authentication has already
-happened; these see only the app and the body.
+happened and the body is decoded (`Command.decode`); these see the app and the request.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -40,7 +40,7 @@ from service.wire import (
 )
 
 T = TypeVar("T")
-Command = Callable[[Store, App, bytes], Awaitable[bytes]]
+R = TypeVar("R", bound=msgspec.Struct)
 
 _OK: Final = encoder.encode(Reply())
 _ID_ALPHABET: Final = string.ascii_letters + string.digits
@@ -98,15 +98,7 @@ def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
     raise ServiceError(ErrorCode(code), info)
 
 
-_update_decoder: Final = msgspec.json.Decoder(UpdateGroupCounter)
-_get_decoder: Final = msgspec.json.Decoder(GetGroupCounter)
-_delete_decoder: Final = msgspec.json.Decoder(DeleteGroupCounter)
-_create_decoder: Final = msgspec.json.Decoder(CreateGroup)
-_destroy_decoder: Final = msgspec.json.Decoder(DestroyGroup)
-
-
-async def update_group_counter(store: Store, app: App, body: bytes) -> bytes:
-    request = decode_body(_update_decoder, body)
+async def update_group_counter(store: Store, app: App, request: UpdateGroupCounter) -> bytes:
     items = request.group_counter
     keys = check_keys([item.key for item in items])
     group_id = check_group_id(request.group_id)
@@ -129,8 +121,7 @@ async def update_group_counter(store: Store, app: App, body: bytes) -> bytes:
     return encoder.encode(GroupCounterReply(group_counter=counters))
 
 
-async def get_group_counter(store: Store, app: App, body: bytes) -> bytes:
-    request = decode_body(_get_decoder, body)
+async def get_group_counter(store: Store, app: App, request: GetGroupCounter) -> bytes:
     wanted = request.group_counter_keys or []
     keys = check_keys(wanted)
     group_id = check_group_id(request.group_id)
@@ -152,8 +143,7 @@ async def get_group_counter(store: Store, app: App, body: bytes) -> bytes:
     return encoder.encode(GroupCounterReply(group_counter=counters))
 
 
-async def delete_group_counter(store: Store, app: App, body: bytes) -> bytes:
-    request = decode_body(_delete_decoder, body)
+async def delete_group_counter(store: Store, app: App, request: DeleteGroupCounter) -> bytes:
     keys = check_keys(request.group_counter_keys or [])
     group_id = check_group_id(request.group_id)
     check_item_count(len(keys), "GroupCounterKeys")
@@ -171,8 +161,7 @@ def _generated_group_id(community: bool) -> str:
     return (COMMUNITY_PREFIX + GENERATED_PREFIX if community else GENERATED_PREFIX) + suffix
 
 
-async def create_group(store: Store, app: App, body: bytes) -> bytes:
-    request = decode_body(_create_decoder, body)
+async def create_group(store: Store, app: App, request: CreateGroup) -> bytes:
     check_name(request.name)
     community = request.type == "Community"
     if request.group_id is not None:
@@ -192,18 +181,28 @@ async def create_group(store: Store, app: App, body: bytes) -> bytes:
     return encoder.encode(CreateGroupReply(group_id=group_id))
 
 
-async def destroy_group(store: Store, app: App, body: bytes) -> bytes:
-    request = decode_body(_destroy_decoder, body)
+async def destroy_group(store: Store, app: App, request: DestroyGroup) -> bytes:
     group_id = check_group_id(request.group_id)
     reply = await store.run(scripts.DESTROY_GROUP, [group_key(app.sdkappid, group_id)], [_registered(app)])
     _raise_for(reply, group_id)
     return _OK
 
 
-COMMANDS: Final[dict[str, Command]] = {
-    "update_group_counter": update_group_counter,
-    "get_group_counter": get_group_counter,
-    "delete_group_counter": delete_group_counter,
-    "create_group": create_group,
-    "destroy_group": destroy_group,
+class Command(Generic[R]):
+    """A command's body decoder (built once) and its function of the typed request."""
+
+    def __init__(self, request_type: type[R], run: Callable[[Store, App, R], Awaitable[bytes]]) -> None:
+        self.decoder = msgspec.json.Decoder(request_type)
+        self.run = run
+
+    def decode(self, body: bytes) -> R:
+        return decode_body(self.decoder, body)
+
+
+COMMANDS: Final[dict[str, Command[Any]]] = {
+    "update_group_counter": Command(UpdateGroupCounter, update_group_counter),
+    "get_group_counter": Command(GetGroupCounter, get_group_counter),
+    "delete_group_counter": Command(DeleteGroupCounter, delete_group_counter),
+    "create_group": Command(CreateGroup, create_group),
+    "destroy_group": Command(DestroyGroup, destroy_group),
 }

@@ -38,6 +38,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
     usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
     log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = "json"
 
 
 class App(msgspec.Struct, frozen=True):

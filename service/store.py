@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from service.errors import ErrorCode, ServiceError
+from service.metrics import REDIS_ERRORS, REDIS_SECONDS
 
 log = logging.getLogger("service.store")
 
@@ -32,6 +34,10 @@ EMBEDDED_URL: Final = "memory://"
 ScriptArg = str | bytes | int
 # Each script documents its reply shape in its header; commands.py reads it at the boundary.
 ScriptReply = list[Any]
+
+
+# Not a group's key: GroupIds are never empty, so `{<sdkappid>:...}` never matches it.
+READINESS_KEY: Final = "{readyz}"
 
 
 def group_key(sdkappid: int, group_id: str) -> str:
@@ -92,14 +98,42 @@ class Store:
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
         assert len(keys) == script.keys, f"{script.name} takes {script.keys} keys"
+        started = time.perf_counter()
         try:
             reply: ScriptReply = await self._scripts[script.name](keys=keys, args=args)
         except RedisError as exc:
+            REDIS_ERRORS.labels(script.name).inc()
             log.warning("redis call %s failed: %s: %s", script.name, type(exc).__name__, exc)
             raise ServiceError(
                 ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
             ) from exc
+        REDIS_SECONDS.labels(script.name).observe(time.perf_counter() - started)
         return reply
+
+    async def probe(self) -> None:
+        """A real script round trip (EVALSHA, reloading on NOSCRIPT), for readiness."""
+        await self.run(GET_COUNTERS, [READINESS_KEY], ["0"])
+
+    async def warn_if_unsafe(self) -> None:
+        """Say loudly when this Redis can silently lose counters."""
+        try:
+            policy = await self._config_value("maxmemory-policy")
+            appendonly = await self._config_value("appendonly")
+            save = await self._config_value("save")
+        except RedisError as exc:
+            log.info("could not read the Redis config to check eviction and persistence: %s", exc)
+            return
+        if policy.startswith("allkeys-"):
+            log.error(
+                "REDIS CAN EVICT COUNTERS: maxmemory-policy is %s; an evicted group is a silently "
+                "lost counter. Set maxmemory-policy noeviction.",
+                policy,
+            )
+        if appendonly == "no" and not save:
+            log.error(
+                "REDIS KEEPS NOTHING ON DISK: appendonly is off and no RDB save is configured; "
+                "a Redis restart loses every counter. Set appendonly yes (appendfsync everysec)."
+            )
 
     async def wait_until_reachable(self, url_for_log: str) -> None:
         """Ping until Redis answers, backing off to 5 s, saying so at each failure."""
@@ -118,7 +152,14 @@ class Store:
                 delay = min(delay * 2, 5.0)
                 continue
             log.info("redis at %s is reachable", url_for_log)
+            if url_for_log != EMBEDDED_URL:
+                await self.warn_if_unsafe()
             return
+
+    async def _config_value(self, name: str) -> str:
+        reply: dict[Any, Any] = await self.client.config_get(name)
+        value = reply.get(name.encode(), reply.get(name, b""))
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     async def close(self) -> None:
         await self.client.aclose()

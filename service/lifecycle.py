@@ -1,0 +1,37 @@
+"""Shutdown that Kubernetes can rely on.
+
+On SIGTERM uvicorn stops accepting and drains in-flight calls up to the graceful
+timeout. `mark_draining_on_signals` chains onto uvicorn's own handler so the
+process is marked draining first, and `/readyz` answers 503 to a probe that still
+arrives on a kept-alive connection meanwhile. Works in every worker process.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.draining = False
+
+
+# One per process: the server's signal handling and the readiness probe meet here.
+LIFECYCLE = Lifecycle()
+
+
+def mark_draining_on_signals() -> None:
+    """Call from the app's startup, after uvicorn installed its handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are delivered to the main thread only (a test client runs us elsewhere)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(received: int, frame: FrameType | None, previous: object = previous) -> None:
+            LIFECYCLE.draining = True
+            if callable(previous):
+                previous(received, frame)
+
+        signal.signal(signum, handler)

@@ -1,0 +1,32 @@
+"""Kubernetes probes: liveness never touches Redis; readiness runs a real script."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import ServiceError
+from service.lifecycle import LIFECYCLE
+from service.store import Store
+
+_JSON: Final = "application/json"
+
+
+async def healthz(_: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type=_JSON)
+
+
+class Readiness:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def check(self, _: Request) -> Response:
+        if LIFECYCLE.draining:
+            return Response(b'{"status":"draining"}', status_code=503, media_type=_JSON)
+        try:
+            await self._store.probe()
+        except ServiceError:
+            return Response(b'{"status":"redis unavailable"}', status_code=503, media_type=_JSON)
+        return Response(b'{"status":"ready"}', media_type=_JSON)
