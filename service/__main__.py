@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from service.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
+from service.lifecycle import exit_zero_after_graceful_shutdown
 from service.logs import setup_logging
 from service.store import EMBEDDED_URL
 
@@ -56,6 +57,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share their metrics through files here; set before they start.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="group-counter-metrics-")
+    exit_zero_after_graceful_shutdown()
     uvicorn.run(
         "service.__main__:app_from_env",
         factory=True,

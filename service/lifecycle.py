@@ -35,3 +35,19 @@ def mark_draining_on_signals() -> None:
                 previous(received, frame)
 
         signal.signal(signum, handler)
+
+
+def exit_zero_after_graceful_shutdown() -> None:
+    """Call before handing the process to uvicorn.
+
+    After its graceful shutdown uvicorn restores the handlers it found and raises the
+    signal again, so that with the default handler the process would die by SIGTERM
+    (exit -15), which Kubernetes reports as an error. Finding these instead, the
+    re-raised signal is ignored and the process exits 0.
+    """
+
+    def ignore(received: int, frame: FrameType | None) -> None:
+        return None
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, ignore)

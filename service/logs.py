@@ -13,7 +13,12 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn adds color_message, an ANSI-coloured copy of the message.
+_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 _encoder: Final = msgspec.json.Encoder()
 
 

@@ -1,0 +1,260 @@
+"""Operations: probes, metrics, logs, TLS, Redis sanity at start, several workers."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.lifecycle import LIFECYCLE
+from service.logs import JsonFormatter
+from service.store import Store, connect
+from tests.support import CONFIG, Api, RedisServer, free_port, query
+
+
+def _requests_total(client: TestClient | httpx2.Client) -> dict[tuple[str, str], float]:
+    text = client.get("/metrics").text
+    totals: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "group_counter_requests":
+            for sample in family.samples:
+                if sample.name == "group_counter_requests_total":
+                    totals[(sample.labels["command"], sample.labels["code"])] = sample.value
+    return totals
+
+
+@pytest.fixture
+def dead_redis_app(settings: Settings) -> Iterator[TestClient]:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with TestClient(create_app(settings, Store(connect(url, timeout=0.3, max_connections=4)))) as client:
+        yield client
+
+
+def test_healthz_answers_without_touching_redis(dead_redis_app: TestClient) -> None:
+    response = dead_redis_app.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_is_ready_after_a_script_round_trip(api: Api) -> None:
+    assert api.client.get("/readyz").status_code == 200
+
+
+def test_readyz_is_unready_when_redis_is_down(dead_redis_app: TestClient) -> None:
+    response = dead_redis_app.get("/readyz")
+    assert response.status_code == 503
+    assert "redis" in response.json()["status"]
+
+
+def test_readyz_recovers_after_the_script_cache_is_flushed(api: Api) -> None:
+    api.inspector.script_flush()
+    assert api.client.get("/readyz").status_code == 200
+
+
+def test_readyz_is_unready_while_draining(api: Api) -> None:
+    LIFECYCLE.draining = True
+    try:
+        assert api.client.get("/readyz").status_code == 503
+    finally:
+        LIFECYCLE.draining = False
+
+
+def test_metrics_count_calls_by_command_and_error_code(api: Api) -> None:
+    before = _requests_total(api.client)
+    api.create("g")
+    for _ in range(3):
+        api.update("g", {"a": 1}, "Increase")
+    api.get("nope")
+    after = _requests_total(api.client)
+
+    def delta(command: str, code: str) -> float:
+        return after.get((command, code), 0.0) - before.get((command, code), 0.0)
+
+    assert delta("update_group_counter", "0") == 3
+    assert delta("create_group", "0") == 1
+    assert delta("get_group_counter", "10010") == 1
+
+
+def test_metrics_parse_with_the_prometheus_text_parser(api: Api) -> None:
+    api.create("g")
+    names = {family.name for family in text_string_to_metric_families(api.client.get("/metrics").text)}
+    assert {
+        "group_counter_requests",
+        "group_counter_request_seconds",
+        "group_counter_redis_seconds",
+        "group_counter_in_flight_requests",
+    } <= names
+
+
+def test_access_log_has_the_call_fields_and_never_the_usersig(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.access")
+    response = api.post("create_group", {"Type": "Public", "Name": "n", "GroupId": "logged"})
+    assert response.status_code == 200
+    record = next(r for r in caplog.records if r.name == "service.access")
+    line = JsonFormatter().format(record)
+    assert '"command":"create_group"' in line
+    assert '"group_id":"logged"' in line
+    assert '"sdkappid":1400000000' in line
+    assert '"error_code":0' in line
+    assert '"latency_ms":' in line
+    assert record.__dict__["request_id"] == response.headers["x-request-id"]
+    usersig = dict(pair.split("=", 1) for pair in query().split("&"))["usersig"]
+    assert usersig[:20] not in caplog.text
+    assert "usersig" not in line
+
+
+def test_request_id_from_the_caller_is_echoed(api: Api) -> None:
+    response = api.client.post(
+        "/v4/group_open_http_svc/get_group_counter?" + query(),
+        content=b"{}",
+        headers={"X-Request-Id": "abc-123"},
+    )
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+def test_start_warns_when_redis_keeps_nothing_on_disk(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    async def check() -> None:
+        store = Store(connect(redis_server.url, timeout=1.0, max_connections=2))
+        await store.warn_if_unsafe()
+        await store.close()
+
+    asyncio.run(check())
+    assert "KEEPS NOTHING ON DISK" in caplog.text
+
+
+def test_start_warns_when_redis_can_evict_keys(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    server = RedisServer().start()
+    try:
+        import redis
+
+        redis.Redis(port=server.port).config_set("maxmemory-policy", "allkeys-lru")
+
+        async def check() -> None:
+            store = Store(connect(server.url, timeout=1.0, max_connections=2))
+            await store.warn_if_unsafe()
+            await store.close()
+
+        asyncio.run(check())
+    finally:
+        server.stop()
+    assert "REDIS CAN EVICT COUNTERS" in caplog.text
+
+
+def _start_service(config: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    log = (config.parent / f"service-{port}.log").open("wb")
+    with log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--config",
+                str(config),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_until_answering(client: httpx2.Client, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the service exited at start"
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx2.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("the service did not start")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    process.terminate()
+    try:
+        return process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+def test_metrics_are_correct_across_two_worker_processes(redis_server: RedisServer, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.replace('redis_url = "memory://"', f'redis_url = "{redis_server.url}"'))
+    port = free_port()
+    process = _start_service(config, port, "--workers", "2")
+    try:
+        # A new connection per call, so both workers answer some of them.
+        with httpx2.Client(
+            base_url=f"http://127.0.0.1:{port}", limits=httpx2.Limits(max_keepalive_connections=0)
+        ) as client:
+            _wait_until_answering(client, process)
+            for _ in range(40):
+                client.post(
+                    "/v4/group_open_http_svc/get_group_counter?" + query(), content=b'{"GroupId": "w"}'
+                )
+            assert _requests_total(client)[("get_group_counter", "10010")] == 40
+    finally:
+        assert _stop(process) == 0
+
+
+def test_serves_https_when_given_a_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    port = free_port()
+    process = _start_service(config, port, "--tls-cert", str(cert), "--tls-key", str(key))
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        with httpx2.Client(base_url=f"https://localhost:{port}", verify=context) as client:
+            _wait_until_answering(client, process)
+            reply = client.post(
+                "/v4/group_open_http_svc/get_group_counter?" + query(), content=b'{"GroupId": "x"}'
+            )
+            assert reply.json()["ErrorCode"] == 10010
+    finally:
+        assert _stop(process) == 0
