@@ -47,6 +47,9 @@ _ID_ALPHABET: Final = string.ascii_letters + string.digits
 _CREATE_ATTEMPTS: Final = 5
 
 
+_TOO_DEEP: Final = "the body nests deeper than the JSON decoder allows"
+
+
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     """Decode in one pass; 60003 for a body that is not a JSON object, 10004 for a bad field."""
     try:
@@ -54,15 +57,23 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     except msgspec.ValidationError as exc:
         # msgspec checks types while it parses, so a type error can surface before a
         # syntax error later in the body; the spec checks the body (60003) first.
-        try:
-            document = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            raise ServiceError(ErrorCode.BAD_BODY, "the body is not valid JSON") from exc
-        if not isinstance(document, dict):
-            raise ServiceError(ErrorCode.BAD_BODY, "the body is not a JSON object") from exc
+        _check_json_object(body)
         raise ServiceError(ErrorCode.INVALID_PARAMETER, f"invalid parameter: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ServiceError(ErrorCode.BAD_BODY, f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ServiceError(ErrorCode.BAD_BODY, _TOO_DEEP) from exc
+
+
+def _check_json_object(body: bytes) -> None:
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ServiceError(ErrorCode.BAD_BODY, f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ServiceError(ErrorCode.BAD_BODY, _TOO_DEEP) from exc
+    if not isinstance(document, dict):
+        raise ServiceError(ErrorCode.BAD_BODY, "the body is not a JSON object")
 
 
 def _registered(app: App) -> str:

@@ -1,0 +1,209 @@
+"""Spec §7: the TOML config and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.auth import UsersigVerifier
+from service.config import ConfigError, load_config, parse_config
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_CONFIG = ROOT / "deploy" / "config" / "dev.toml"
+
+EXAMPLE = """
+redis_url = "redis://127.0.0.1:6379/0"
+
+[[apps]]
+sdkappid = 1400000000
+secret_key = "..."              # or secret_key_env = "NAME_OF_ENV_VAR"
+admins = ["administrator"]
+groups = "registered"           # or "implicit"
+rate_limit = 0                  # calls per second for the app across all replicas; 0 = none
+"""
+
+APP = """
+[[apps]]
+sdkappid = {sdkappid}
+{key_line}
+admins = ["administrator"]
+{extra}
+"""
+
+
+def config_with(*apps: str, top: str = 'redis_url = "redis://127.0.0.1:6379/0"') -> str:
+    return top + "\n" + "\n".join(apps)
+
+
+def app(sdkappid: int = 1400000000, key_line: str = 'secret_key = "k"', extra: str = "") -> str:
+    return APP.format(sdkappid=sdkappid, key_line=key_line, extra=extra)
+
+
+def test_example_config_of_the_spec_parses() -> None:
+    settings = parse_config(EXAMPLE, environ={})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert list(settings.apps) == [1400000000]
+    only = settings.apps[1400000000]
+    assert only.secret_key == "..."
+    assert only.admins == frozenset({"administrator"})
+    assert not only.implicit_groups
+
+
+def test_unknown_top_level_key_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="redis_uri"):
+        parse_config(config_with(app(), top='redis_uri = "redis://127.0.0.1:6379/0"'), environ={})
+
+
+def test_unknown_key_in_an_app_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="secret_keys"):
+        parse_config(config_with(app(key_line='secret_keys = "k"')), environ={})
+    with pytest.raises(ConfigError, match="admin_list"):
+        parse_config(config_with(app(extra='admin_list = ["x"]')), environ={})
+
+
+def test_duplicate_sdkappid_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="1400000000"):
+        parse_config(config_with(app(), app()), environ={})
+
+
+def test_missing_secret_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="secret_key"):
+        parse_config(config_with(app(key_line="")), environ={})
+    with pytest.raises(ConfigError, match="secret_key"):
+        parse_config(config_with(app(key_line='secret_key = ""')), environ={})
+
+
+def test_both_secret_key_and_secret_key_env_is_an_error() -> None:
+    both = 'secret_key = "k"\nsecret_key_env = "APP_SECRET"'
+    with pytest.raises(ConfigError, match="secret_key_env"):
+        parse_config(config_with(app(key_line=both)), environ={"APP_SECRET": "k"})
+
+
+def test_secret_key_env_naming_an_unset_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="APP_SECRET"):
+        parse_config(config_with(app(key_line='secret_key_env = "APP_SECRET"')), environ={})
+    with pytest.raises(ConfigError, match="APP_SECRET"):
+        parse_config(config_with(app(key_line='secret_key_env = "APP_SECRET"')), environ={"APP_SECRET": ""})
+
+
+def test_secret_key_env_set_gives_the_secret() -> None:
+    text = config_with(app(key_line='secret_key_env = "APP_SECRET"'))
+    settings = parse_config(text, environ={"APP_SECRET": "from-the-environment"})
+    assert settings.apps[1400000000].secret_key == "from-the-environment"
+
+
+def test_bad_groups_mode_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="groups"):
+        parse_config(config_with(app(extra='groups = "bad"')), environ={})
+
+
+def test_implicit_groups_mode_is_read() -> None:
+    settings = parse_config(config_with(app(extra='groups = "implicit"')), environ={})
+    assert settings.apps[1400000000].implicit_groups
+
+
+@pytest.mark.parametrize("rate_limit", [0, 100])
+def test_rate_limit_is_accepted(rate_limit: int) -> None:
+    settings = parse_config(config_with(app(extra=f"rate_limit = {rate_limit}")), environ={})
+    assert 1400000000 in settings.apps
+
+
+def test_redis_url_env_overrides_the_file() -> None:
+    settings = parse_config(config_with(app()), environ={"REDIS_URL": "redis://other-host:6380/1"})
+    assert settings.redis_url == "redis://other-host:6380/1"
+    assert parse_config(config_with(app()), environ={}).redis_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "127.0.0.1:6379", "mysql://x"])
+def test_bad_redis_url_scheme_is_an_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        parse_config(config_with(app(), top=f'redis_url = "{url}"'), environ={})
+
+
+def test_bad_redis_url_scheme_from_the_environment_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        parse_config(config_with(app()), environ={"REDIS_URL": "http://127.0.0.1:6379/0"})
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h:6380/0", "memory://"])
+def test_supported_redis_url_schemes_are_accepted(url: str) -> None:
+    assert parse_config(config_with(app(), top=f'redis_url = "{url}"'), environ={}).redis_url == url
+
+
+def test_no_apps_is_an_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_config('redis_url = "memory://"\n', environ={})
+    with pytest.raises(ConfigError):
+        parse_config('redis_url = "memory://"\napps = []\n', environ={})
+
+
+def test_not_toml_is_an_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_config("this is [not toml", environ={})
+
+
+def test_dev_config_loads() -> None:
+    settings = load_config(DEV_CONFIG, environ={})
+    assert settings.apps
+
+
+# The command line ----------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in ("REDIS_URL", "SERVICE_CONFIG")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def bad_config(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(config_with(app(), top='redis_url = "memory://"\nbogus_setting = 1'), encoding="utf-8")
+    return path
+
+
+def test_check_config_with_a_bad_config_exits_2_naming_the_problem(bad_config: Path) -> None:
+    result = run_cli("check-config", "--config", str(bad_config))
+    assert result.returncode == 2, result
+    assert "bogus_setting" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_with_a_good_config_exits_0() -> None:
+    result = run_cli("check-config", "--config", str(DEV_CONFIG))
+    assert result.returncode == 0, result
+
+
+def test_usersig_command_prints_a_usersig_for_the_first_apps_admin() -> None:
+    result = run_cli("usersig", "--config", str(DEV_CONFIG))
+    assert result.returncode == 0, result
+    usersig = result.stdout.strip()
+    settings = load_config(DEV_CONFIG, environ={})
+    first = next(iter(settings.apps.values()))
+    verifier = UsersigVerifier({first.sdkappid: first.secret_key})
+    assert (first.sdkappid, sorted(first.admins)[0]) == (1400000000, "administrator")
+    verifier.verify(usersig, first.sdkappid, "administrator")
+
+
+def test_serving_with_a_bad_config_exits_non_zero_quickly_with_the_message(bad_config: Path) -> None:
+    result = run_cli("--config", str(bad_config), "--port", str(free_port()), timeout=20.0)
+    assert result.returncode != 0, result
+    assert "bogus_setting" in result.stderr
