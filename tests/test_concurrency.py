@@ -1,0 +1,247 @@
+"""Two service processes on one redis-server, many concurrent clients (spec §3: one atomic script).
+
+No Increase may be lost between replicas, and racing requests that add new Keys must
+never leave a group with more than 20 keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx2
+import pytest
+
+from tests.support import CONFIG, REGISTERED_APP, RedisServer, free_port, query
+
+REPO: Final = Path(__file__).resolve().parents[1]
+INT64_MAX: Final = 2**63 - 1
+MAX_KEYS: Final = 20
+CLIENTS: Final = 48
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+
+def _wait_until_answering(service: Service, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    url = f"{service.base_url}/v4/group_open_http_svc/get_group_counter?{query(REGISTERED_APP)}"
+    with httpx2.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                break
+            try:
+                if client.post(url, content=b'{"GroupId": "probe"}').status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError(f"service at {service.base_url} did not answer; log:\n{service.log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Service]]:
+    """A redis-server of this module's own and two service processes using it."""
+    workdir = tmp_path_factory.mktemp("concurrency")
+    server = RedisServer().start()
+    started: list[Service] = []
+    try:
+        config = workdir / "config.toml"
+        config.write_text(
+            CONFIG.replace('redis_url = "memory://"', f'redis_url = "{server.url}"\nlog_level = "warning"'),
+            encoding="utf-8",
+        )
+        environ = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+        for n in range(2):
+            port = free_port()
+            log = workdir / f"service-{n}.log"
+            with log.open("wb") as sink:
+                command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+                process = subprocess.Popen(
+                    [*command, "--config", str(config)],
+                    cwd=REPO,
+                    env=environ,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                )
+            started.append(Service(process, f"http://127.0.0.1:{port}", log))
+        for service in started:
+            _wait_until_answering(service)
+        yield started
+    finally:
+        for service in started:
+            if service.process.poll() is None:
+                service.process.terminate()
+        for service in started:
+            try:
+                service.process.wait(15)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        server.stop()
+
+
+class Caller:
+    """Posts commands of the registered app, alternating between the service processes."""
+
+    def __init__(self, services: list[Service], client: httpx2.AsyncClient) -> None:
+        self.urls = [service.base_url for service in services]
+        self.client = client
+        self.query = query(REGISTERED_APP)  # one usersig for the whole run
+        self.calls = 0
+
+    async def call(self, command: str, body: dict[str, Any], *, replica: int | None = None) -> dict[str, Any]:
+        if replica is None:
+            replica = self.calls % len(self.urls)
+        self.calls += 1
+        url = f"{self.urls[replica]}/v4/group_open_http_svc/{command}?{self.query}"
+        response = await self.client.post(url, content=json.dumps(body).encode())
+        assert response.status_code == 200, response.text
+        reply: dict[str, Any] = response.json()
+        return reply
+
+    async def counters(self, group: str, replica: int) -> dict[str, int]:
+        reply = await self.call("get_group_counter", {"GroupId": group}, replica=replica)
+        assert reply["ErrorCode"] == 0, reply
+        return {item["Key"]: item["Value"] for item in reply["GroupCounter"]}
+
+
+def _client() -> httpx2.AsyncClient:
+    limits = httpx2.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2)
+    return httpx2.AsyncClient(timeout=30.0, limits=limits)
+
+
+def _amount(rng: random.Random) -> int:
+    # small ones, and ones past 2**53 (a double would round them); at most 3000 * 2**50 of drift
+    return rng.choice([rng.randint(-1000, 1000), rng.randint(-(2**50), 2**50), 2**50 - 1, -(2**50) + 1])
+
+
+GROUPS: Final = ["inc-a", "inc-b", "inc-c"]
+KEYS: Final = ["k1", "k2", "k3", "k4", "k5"]
+CALLS: Final = 3000
+
+
+async def _no_lost_update(services: list[Service]) -> None:
+    rng = random.Random(20240611)
+    start = {
+        (group, key): rng.choice([1, -1]) * (2**60 + rng.randint(0, 2**40))
+        for group in GROUPS
+        for key in KEYS
+    }
+    async with _client() as client:
+        caller = Caller(services, client)
+        for group in GROUPS:
+            reply = await caller.call("create_group", {"Type": "Public", "Name": "n", "GroupId": group})
+            assert reply["ErrorCode"] == 0, reply
+            counters = [{"Key": key, "Value": start[group, key]} for key in KEYS]
+            reply = await caller.call("update_group_counter", {"GroupId": group, "GroupCounter": counters})
+            assert reply["ErrorCode"] == 0, reply
+
+        requests = []
+        for _ in range(CALLS):
+            group = rng.choice(GROUPS)
+            keys = rng.sample(KEYS, rng.randint(1, 4))
+            mode = rng.choice(["Increase", "Increase", "Increase", "Decrease"])
+            requests.append((group, mode, [(key, _amount(rng)) for key in keys]))
+        queue: asyncio.Queue[tuple[str, str, list[tuple[str, int]]]] = asyncio.Queue()
+        for request in requests:
+            queue.put_nowait(request)
+
+        acknowledged: list[tuple[str, str, int, int]] = []  # group, key, signed delta, value after
+        failures: list[dict[str, Any]] = []
+
+        async def worker() -> None:
+            while not queue.empty():
+                group, mode, items = queue.get_nowait()
+                body = {
+                    "GroupId": group,
+                    "Mode": mode,
+                    "GroupCounter": [{"Key": key, "Value": value} for key, value in items],
+                }
+                reply = await caller.call("update_group_counter", body)
+                if reply["ErrorCode"] != 0:
+                    failures.append(reply)
+                    continue
+                assert [item["Key"] for item in reply["GroupCounter"]] == [key for key, _ in items]
+                for (key, value), item in zip(items, reply["GroupCounter"], strict=True):
+                    delta = value if mode == "Increase" else -value
+                    acknowledged.append((group, key, delta, item["Value"]))
+
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+        assert failures == [], f"{len(failures)} of {CALLS} calls failed, e.g. {failures[:3]}"
+
+        expected = dict(start)
+        for group, key, delta, _ in acknowledged:
+            expected[group, key] += delta
+        for replica in range(len(services)):
+            for group in GROUPS:
+                got = await caller.counters(group, replica)
+                assert got == {key: expected[group, key] for key in KEYS}, f"{group} via replica {replica}"
+
+        # Each acknowledged call saw the value the previous one left: the values before
+        # (after - delta) and after chain from the start value to the final one.
+        for group in GROUPS:
+            for key in KEYS:
+                steps = [(delta, after) for g, k, delta, after in acknowledged if (g, k) == (group, key)]
+                befores = Counter(after - delta for delta, after in steps) + Counter([expected[group, key]])
+                afters = Counter(after for _, after in steps) + Counter([start[group, key]])
+                assert befores == afters, f"{group}/{key}: the replies do not form one serial history"
+
+
+def test_concurrent_increases_over_two_processes_lose_no_update(services: list[Service]) -> None:
+    asyncio.run(_no_lost_update(services))
+
+
+async def _new_keys_race(services: list[Service], group: str) -> None:
+    async with _client() as client:
+        caller = Caller(services, client)
+        reply = await caller.call("create_group", {"Type": "Public", "Name": "n", "GroupId": group})
+        assert reply["ErrorCode"] == 0, reply
+
+        requests = [[f"s{i:02d}"] for i in range(60)]
+        requests += [[f"t{i:02d}a", f"t{i:02d}b", f"t{i:02d}c"] for i in range(10)]
+        random.Random(group).shuffle(requests)
+
+        async def send(keys: list[str]) -> tuple[list[str], dict[str, Any]]:
+            body = {
+                "GroupId": group,
+                "Mode": "Increase",
+                "GroupCounter": [{"Key": key, "Value": 1} for key in keys],
+            }
+            return keys, await caller.call("update_group_counter", body)
+
+        results = await asyncio.gather(*(send(keys) for keys in requests))
+
+        acknowledged: set[str] = set()
+        for keys, reply in results:
+            if reply["ErrorCode"] == 0:
+                assert reply["GroupCounter"] == [{"Key": key, "Value": 1} for key in keys], reply
+                acknowledged.update(keys)
+            else:
+                assert reply["ErrorCode"] == 10063, reply
+        for replica in range(len(services)):
+            final = await caller.counters(group, replica)
+            assert len(final) <= MAX_KEYS, f"{group} holds {len(final)} keys"
+            assert set(final) == acknowledged, f"{group}: stored keys differ from acknowledged ones"
+            assert all(value == 1 for value in final.values()), final
+            # at least 40 one-key requests were refused, each when the group was full
+            assert len(final) == MAX_KEYS, f"{group} holds {len(final)} keys after refusals"
+
+
+def test_racing_requests_adding_new_keys_never_exceed_20_keys(services: list[Service]) -> None:
+    for round_ in range(5):
+        asyncio.run(_new_keys_race(services, f"race-{round_}"))
