@@ -28,7 +28,7 @@ from service.lifecycle import mark_draining_on_signals
 from service.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS, metrics_endpoint
 from service.probes import Readiness, healthz
 from service.query import parse_query
-from service.store import EMBEDDED_URL, Store, connect
+from service.store import EMBEDDED_URL, Store, open_store
 from service.urls import redacted
 from service.wire import encode_error
 
@@ -123,10 +123,8 @@ async def _unknown_path(request: Request) -> Response:
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The ASGI app; without `store`, one is made from `settings.redis_url`."""
     config = settings.config
-    store = store or Store(
-        connect(
-            settings.redis_url, timeout=config.redis_timeout, max_connections=config.redis_max_connections
-        )
+    store = store or open_store(
+        settings.redis_url, timeout=config.redis_timeout, max_pending=config.redis_max_pending
     )
     service = Service(settings, store)
     readiness = Readiness(store)

@@ -34,7 +34,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     apps: list[AppConfig]
     redis_url: str = "memory://"
     redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    redis_max_connections: Annotated[int, msgspec.Meta(ge=1)] = 64
+    redis_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
     usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
     log_level: LogLevel = "info"

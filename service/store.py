@@ -5,27 +5,30 @@ the whole name the Redis Cluster hash tag, so any later key of the group (an
 idempotency record, say) written as `{<sdkappid>:<GroupId>}:<suffix>` lands in the
 same slot.
 
-`memory://` runs the same scripts on fakeredis inside the process (Lua 5.1, as in
-Redis), for a first run with no Redis.
+redis://, rediss:// and unix:// go through `PipelinedConnection` (one connection, all
+calls of an event-loop tick in one write); `memory://` runs the same scripts on
+fakeredis inside the process (Lua 5.1, as in Redis), for a first run with no Redis.
+Nothing here retries a script call: one that timed out may have run, and running an
+Increase twice would count it twice. Failing with 10002 lets the client decide.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service.errors import ErrorCode, ServiceError
 from service.metrics import REDIS_ERRORS, REDIS_SECONDS
+from service.pipelined import Endpoint, PipelinedConnection
 
 log = logging.getLogger("service.store")
 
@@ -59,6 +62,7 @@ class Script:
         self.name = name
         self.keys = keys
         self.source = (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
 UPDATE_COUNTERS: Final = Script("update_counters", keys=1)
@@ -69,38 +73,98 @@ DESTROY_GROUP: Final = Script("destroy_group", keys=1)
 SCRIPTS: Final = (UPDATE_COUNTERS, GET_COUNTERS, DELETE_COUNTERS, CREATE_GROUP, DESTROY_GROUP)
 
 
-def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis:
-    if url == EMBEDDED_URL:
-        import fakeredis
+class Transport(Protocol):
+    """How the store reaches Redis: the pipelined connection, or redis-py."""
 
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    # No automatic retries: a script call that timed out may have run, and running
-    # an Increase twice would count it twice. Failing with 10002 lets the client decide.
-    # A blocking pool bounds the connections: past max_connections a call waits up
-    # to `timeout` for a free one and then fails, instead of opening sockets unboundedly.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-        timeout=timeout,
-    )
-    return aioredis.Redis.from_pool(pool)
+    async def run_script(
+        self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> ScriptReply: ...
+
+    async def ping(self) -> None: ...
+
+    async def config_value(self, name: str) -> str: ...
+
+    async def close(self) -> None: ...
 
 
-class Store:
-    """Runs the scripts; every Redis fault becomes a 10002 `ServiceError`."""
+class PipelinedTransport:
+    """redis://, rediss:// and unix:// through one coalescing connection (the fast path)."""
+
+    def __init__(self, url: str, *, timeout: float, max_pending: int) -> None:
+        self.connection = PipelinedConnection(url, timeout=timeout, max_pending=max_pending)
+
+    async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
+        try:
+            reply: ScriptReply = await self.connection.execute(
+                "EVALSHA", script.sha, script.keys, *keys, *args
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # A restarted or flushed Redis forgot the script: EVAL runs and caches it. Once.
+            reply = await self.connection.execute("EVAL", script.source, script.keys, *keys, *args)
+        return reply
+
+    async def ping(self) -> None:
+        await self.connection.execute("PING")
+
+    async def config_value(self, name: str) -> str:
+        reply = await self.connection.execute("CONFIG", "GET", name)
+        return reply[1].decode() if len(reply) == 2 else ""
+
+    async def close(self) -> None:
+        self.connection.close()
+
+
+class RedisPyTransport:
+    """redis-py: the embedded store on fakeredis (and any client redis-py offers)."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._scripts = {script.name: client.register_script(script.source) for script in SCRIPTS}
 
+    async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
+        # AsyncScript: EVALSHA, and on NOSCRIPT one SCRIPT LOAD and retry.
+        reply: ScriptReply = await self._scripts[script.name](keys=keys, args=args)
+        return reply
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def config_value(self, name: str) -> str:
+        reply: dict[Any, Any] = await self.client.config_get(name)
+        value = reply.get(name.encode(), reply.get(name, b""))
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def embedded_client() -> aioredis.Redis:
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+
+
+def open_store(url: str, *, timeout: float, max_pending: int = 10_000) -> Store:
+    if url == EMBEDDED_URL:
+        return Store(RedisPyTransport(embedded_client()))
+    if not Endpoint.supports(url):
+        raise ValueError(f"unsupported redis_url {url!r}")
+    return Store(PipelinedTransport(url, timeout=timeout, max_pending=max_pending))
+
+
+class Store:
+    """Runs the scripts; every Redis fault becomes a 10002 `ServiceError`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
         assert len(keys) == script.keys, f"{script.name} takes {script.keys} keys"
         started = time.perf_counter()
         try:
-            reply: ScriptReply = await self._scripts[script.name](keys=keys, args=args)
+            reply = await self.transport.run_script(script, keys, args)
         except RedisError as exc:
             REDIS_ERRORS.labels(script.name).inc()
             log.warning("redis call %s failed: %s: %s", script.name, type(exc).__name__, exc)
@@ -114,12 +178,28 @@ class Store:
         """A real script round trip (EVALSHA, reloading on NOSCRIPT), for readiness."""
         await self.run(GET_COUNTERS, [READINESS_KEY], ["0"])
 
+    async def wait_until_reachable(self, url_for_log: str) -> None:
+        """Ping until Redis answers, backing off to 5 s, saying so at each failure."""
+        delay = 0.1
+        while True:
+            try:
+                await self.transport.ping()
+            except RedisError as exc:
+                log.warning("redis at %s is unreachable (%s); retrying in %.1f s", url_for_log, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("redis at %s is reachable", url_for_log)
+            if url_for_log != EMBEDDED_URL:
+                await self.warn_if_unsafe()
+            return
+
     async def warn_if_unsafe(self) -> None:
         """Say loudly when this Redis can silently lose counters."""
         try:
-            policy = await self._config_value("maxmemory-policy")
-            appendonly = await self._config_value("appendonly")
-            save = await self._config_value("save")
+            policy = await self.transport.config_value("maxmemory-policy")
+            appendonly = await self.transport.config_value("appendonly")
+            save = await self.transport.config_value("save")
         except RedisError as exc:
             log.info("could not read the Redis config to check eviction and persistence: %s", exc)
             return
@@ -135,31 +215,5 @@ class Store:
                 "a Redis restart loses every counter. Set appendonly yes (appendfsync everysec)."
             )
 
-    async def wait_until_reachable(self, url_for_log: str) -> None:
-        """Ping until Redis answers, backing off to 5 s, saying so at each failure."""
-        delay = 0.1
-        while True:
-            try:
-                await self.client.ping()
-            except RedisError as exc:
-                log.warning(
-                    "redis at %s is unreachable (%s); retrying in %.1f s",
-                    url_for_log,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            log.info("redis at %s is reachable", url_for_log)
-            if url_for_log != EMBEDDED_URL:
-                await self.warn_if_unsafe()
-            return
-
-    async def _config_value(self, name: str) -> str:
-        reply: dict[Any, Any] = await self.client.config_get(name)
-        value = reply.get(name.encode(), reply.get(name, b""))
-        return value.decode() if isinstance(value, bytes) else str(value)
-
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.transport.close()

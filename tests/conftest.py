@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings, parse_config
-from service.store import Store, connect
+from service.store import RedisPyTransport, Store, open_store
 from tests.support import CONFIG, Api, RedisServer
 
 BACKENDS = ["redis", "memory"]
@@ -41,11 +41,11 @@ def api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Ite
         server: RedisServer = request.getfixturevalue("redis_server")
         inspector = redis.Redis.from_url(server.url)
         inspector.flushall()
-        store = Store(connect(server.url, timeout=2.0, max_connections=16))
+        store = open_store(server.url, timeout=2.0)
     else:
         fake_server = fakeredis.FakeServer()
         inspector = fakeredis.FakeRedis(server=fake_server)
-        store = Store(fakeredis.FakeAsyncRedis(server=fake_server))
+        store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server)))
     with TestClient(create_app(settings, store)) as client:
         yield Api(client=client, inspector=inspector)
     inspector.close()

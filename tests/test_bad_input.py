@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.store import Store, connect
+from service.store import open_store
 from tests.support import (
     ADMIN,
     IMPLICIT_APP,
@@ -308,7 +308,7 @@ def test_never_a_500_nor_a_traceback(seeded: Api, command: str, raw: bytes) -> N
 
 def test_store_down_is_10002_with_http_200_quickly(settings: Settings) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    store = Store(connect(url, timeout=0.5, max_connections=4))
+    store = open_store(url, timeout=0.5)
     with TestClient(create_app(settings, store)) as client:
         query = urlencode(_params())
         started = time.monotonic()

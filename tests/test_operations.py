@@ -19,7 +19,7 @@ from service.app import create_app
 from service.config import Settings
 from service.lifecycle import LIFECYCLE
 from service.logs import JsonFormatter
-from service.store import Store, connect
+from service.store import open_store
 from tests.support import CONFIG, Api, RedisServer, free_port, query
 
 
@@ -37,7 +37,7 @@ def _requests_total(client: TestClient | httpx2.Client) -> dict[tuple[str, str],
 @pytest.fixture
 def dead_redis_app(settings: Settings) -> Iterator[TestClient]:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    with TestClient(create_app(settings, Store(connect(url, timeout=0.3, max_connections=4)))) as client:
+    with TestClient(create_app(settings, open_store(url, timeout=0.3))) as client:
         yield client
 
 
@@ -131,7 +131,7 @@ def test_start_warns_when_redis_keeps_nothing_on_disk(
     import asyncio
 
     async def check() -> None:
-        store = Store(connect(redis_server.url, timeout=1.0, max_connections=2))
+        store = open_store(redis_server.url, timeout=1.0)
         await store.warn_if_unsafe()
         await store.close()
 
@@ -149,7 +149,7 @@ def test_start_warns_when_redis_can_evict_keys(caplog: pytest.LogCaptureFixture)
         redis.Redis(port=server.port).config_set("maxmemory-policy", "allkeys-lru")
 
         async def check() -> None:
-            store = Store(connect(server.url, timeout=1.0, max_connections=2))
+            store = open_store(server.url, timeout=1.0)
             await store.warn_if_unsafe()
             await store.close()
 
