@@ -89,6 +89,8 @@ class RedisServer:
                     "",
                     "--appendonly",
                     "no",
+                    "--enable-debug-command",
+                    "local",
                     "--dir",
                     str(self.workdir),
                     "--logfile",
