@@ -12,7 +12,7 @@ PORT ?= 8080
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,loadtest]'
 	touch $(STAMP)
 
 .PHONY: install  ## Create .venv and install the service with its dev tools
@@ -31,13 +31,13 @@ run: $(STAMP)
 
 .PHONY: format  ## Fix formatting and autofixable lint
 format: $(STAMP)
-	$(VENV)/bin/ruff format service tests
-	$(VENV)/bin/ruff check --fix service tests
+	$(VENV)/bin/ruff format service tests deploy/loadtest
+	$(VENV)/bin/ruff check --fix service tests deploy/loadtest
 
 .PHONY: lint  ## ruff and mypy --strict
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests
-	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/ruff check service tests deploy/loadtest
+	$(VENV)/bin/ruff format --check service tests deploy/loadtest
 	$(VENV)/bin/mypy
 
 .PHONY: test  ## Lint, then every test against a real redis-server and the embedded store
@@ -51,3 +51,32 @@ test-slow: $(STAMP) redis-server
 .PHONY: help  ## This list
 help:
 	@grep -E '^\.PHONY: [a-z-]+  ## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+)  ## /  make \1\t/' | expand -t 20
+
+# make loadtest TARGET=... SDKAPPID=... IDENTIFIER=... DURATION=... USERS=... [GROUP_MODE=implicit]
+# [RESULTS=dir] [LOCUST_ARGS='--mix increase=1,get=1 --counter-groups 8']; the app's secret key
+# comes from LOADTEST_SECRET_KEY (for `make run`'s dev config: dev-secret-key-not-for-production).
+# Details: deploy/loadtest/README.md.
+LOADTEST_TIME := $(shell date +%Y%m%d-%H%M%S)
+TARGET ?= http://127.0.0.1:8080
+SDKAPPID ?= 1400000000
+IDENTIFIER ?= administrator
+DURATION ?= 30s
+USERS ?= 16
+GROUP_MODE ?= registered
+RESULTS ?= results/loadtest-$(LOADTEST_TIME)
+LOCUST_ARGS ?=
+
+.PHONY: loadtest  ## Locust on TARGET: HTML/CSV report, summary and exactness verdict in RESULTS
+loadtest: $(STAMP)
+	@test -n "$$LOADTEST_SECRET_KEY" || { echo "LOADTEST_SECRET_KEY is not set: export the app's secret key (the dev config's: dev-secret-key-not-for-production)" >&2; exit 1; }
+	@$(PY) -c 'import locust' 2>/dev/null || $(PY) -m pip install --quiet -e '.[loadtest]'
+	@mkdir -p $(RESULTS)
+	@status=0; \
+	$(PY) -m locust -f deploy/loadtest/locustfile.py --headless --only-summary \
+	  --host '$(TARGET)' --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) \
+	  --sdkappid $(SDKAPPID) --identifier '$(IDENTIFIER)' --group-mode $(GROUP_MODE) \
+	  --html $(RESULTS)/report.html --csv $(RESULTS)/stats --summary-file $(RESULTS)/summary.txt \
+	  $(LOCUST_ARGS) || status=$$?; \
+	echo; cat $(RESULTS)/summary.txt 2>/dev/null || echo "no summary: see the output above" >&2; \
+	echo "report: $(RESULTS)/report.html, CSV: $(RESULTS)/stats_*.csv"; \
+	exit $$status
