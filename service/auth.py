@@ -98,7 +98,8 @@ class UsersigVerifier:
         self._cache_size = cache_size
         self._clock = clock
 
-    def verify(self, usersig: str | None, sdkappid: int, identifier: str) -> None:
+    def verify(self, usersig: str | None, sdkappid: int, identifier: str) -> int:
+        """Raise the first failing check's error; return when the usersig expires (Unix time)."""
         if not usersig:
             raise ServiceError(ErrorCode.USERSIG_MISSING, "usersig is missing or empty")
         digest = hashlib.blake2b(usersig.encode(), digest_size=16).digest()
@@ -113,6 +114,7 @@ class UsersigVerifier:
             self._check_claims(proven.sdkappid, proven.identifier, sdkappid, identifier)
         if self._clock() > proven.expires_at:
             raise ServiceError(ErrorCode.USERSIG_EXPIRED, "usersig has expired")
+        return proven.expires_at
 
     def _prove(self, usersig: str, sdkappid: int, identifier: str) -> _Proven:
         document = _decode(usersig)

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.types import Receive, Scope
 
 
 class BodyTooLarge(Exception):
     """The body is over the cap; answered with HTTP 413."""
 
 
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body; there is no one to answer."""
+
+
 def _too_large(cap: int) -> BodyTooLarge:
     return BodyTooLarge(f"the request body is larger than the {cap}-byte limit")
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise _too_large(cap)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise _too_large(cap)
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > cap:
+                raise _too_large(cap)
+            break
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            if len(body) + len(chunk) > cap:
+                raise _too_large(cap)
+            body += chunk
+        if not message.get("more_body", False):
+            return body

@@ -56,3 +56,16 @@ async def metrics_endpoint(_: Request) -> Response:
     registry = _registry()
     payload = generate_latest(registry) if registry is not None else generate_latest()
     return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+
+_call_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_call(command: str, code: int, seconds: float) -> None:
+    """Count a call and its latency; label children are looked up once, not per call."""
+    children = _call_children.get((command, code))
+    if children is None:
+        children = (REQUESTS.labels(command, str(code)), REQUEST_SECONDS.labels(command))
+        _call_children[(command, code)] = children
+    children[0].inc()
+    children[1].observe(seconds)

@@ -1,0 +1,114 @@
+"""The command endpoint: the hot path of every call, read top to bottom.
+
+path (60009) → query string, usersig, admin (`Access`) → body → the command's one
+script → reply. It is a plain ASGI endpoint inside Starlette's router: a call needs
+none of Starlette's Request and Response objects or their wrappers, and under load
+that framework work is a large share of a call's cost. `_reply` is the one place a
+`ServiceError` becomes the wire envelope.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Final
+
+from starlette.types import Receive, Scope, Send
+
+from service.access import Access
+from service.body import BodyTooLarge, ClientGone, read_body
+from service.commands import COMMANDS
+from service.config import Settings
+from service.errors import ErrorCode, ServiceError
+from service.metrics import IN_FLIGHT, observe_call
+from service.store import Store
+from service.wire import encode_error
+
+log = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+
+_JSON: Final = (b"content-type", b"application/json")
+
+
+class RequestIds:
+    """The caller's X-Request-Id when it is sane, else `<process prefix>-<counter>`."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(4).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self, scope: Scope) -> bytes:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if 0 < len(value) <= 64 and value.isascii() and value.decode().isprintable():
+                    return bytes(value)
+                break
+        return f"{self._prefix}-{next(self._counter):x}".encode()
+
+
+class CommandEndpoint:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.store = store
+        self.access = Access(settings.apps, cache_size=settings.config.usersig_cache_size)
+        self.max_body_bytes = settings.config.max_body_bytes
+        self.request_ids = RequestIds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        name: str = scope["path_params"]["command"]
+        command = COMMANDS.get(name)
+        sdkappid: int | None = None
+        group_id: str | None = None
+        code = ErrorCode.OK
+        status = 200
+        IN_FLIGHT.inc()
+        try:
+            if command is None:
+                raise ServiceError(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['path']!r}")
+            app = self.access.authorize(scope["query_string"])
+            sdkappid = app.sdkappid
+            request = command.decode(await read_body(scope, receive, self.max_body_bytes))
+            group_id = getattr(request, "group_id", None)
+            payload = await command.run(self.store, app, request)
+        except ServiceError as exc:
+            code = exc.code
+            payload = encode_error(exc.code, exc.info)
+        except BodyTooLarge as exc:
+            code, status = ErrorCode.BAD_BODY, 413
+            payload = encode_error(code, str(exc))
+        except ClientGone:
+            return
+        except Exception:
+            code = ErrorCode.INTERNAL
+            log.exception("unexpected fault in %s", name)
+            payload = encode_error(code, "internal error")
+        finally:
+            IN_FLIGHT.dec()
+
+        request_id = self.request_ids(scope)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON, (b"content-length", b"%d" % len(payload)), (b"x-request-id", request_id)],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+        elapsed = time.perf_counter() - started
+        label = name if command is not None else "unknown"
+        observe_call(label, code, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "call",
+                extra={
+                    "request_id": request_id.decode(),
+                    "command": label,
+                    "sdkappid": sdkappid,
+                    "group_id": group_id,
+                    "error_code": int(code),
+                    "latency_ms": round(elapsed * 1000, 3),
+                },
+            )
