@@ -20,8 +20,8 @@ from starlette.routing import Route
 from service.config import Settings
 from service.endpoint import CommandEndpoint
 from service.errors import ErrorCode
-from service.lifecycle import mark_draining_on_signals
-from service.metrics import metrics_endpoint
+from service.lifecycle import mark_draining_on_signals, tune_gc_for_serving
+from service.metrics import flush_every_second, metrics_endpoint
 from service.probes import Readiness, healthz
 from service.store import EMBEDDED_URL, Store, open_store
 from service.urls import redacted
@@ -60,11 +60,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         # Serve at once and report Redis's state, rather than block start-up: a pod
         # that answers and says why it is not ready is easier to operate than a crash loop.
         mark_draining_on_signals()
+        tune_gc_for_serving()
         waiter = asyncio.create_task(store.wait_until_reachable(redacted(settings.redis_url)))
+        flusher = asyncio.create_task(flush_every_second())
         try:
             yield
         finally:
             waiter.cancel()
+            flusher.cancel()
             await store.close()
 
     return Starlette(

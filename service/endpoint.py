@@ -22,7 +22,7 @@ from service.body import BodyTooLarge, ClientGone, read_body
 from service.commands import COMMANDS
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
-from service.metrics import IN_FLIGHT, observe_call
+from service.metrics import TALLY
 from service.store import Store
 from service.wire import encode_error
 
@@ -63,7 +63,7 @@ class CommandEndpoint:
         group_id: str | None = None
         code = ErrorCode.OK
         status = 200
-        IN_FLIGHT.inc()
+        TALLY.in_flight += 1
         try:
             if command is None:
                 raise ServiceError(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['path']!r}")
@@ -85,7 +85,7 @@ class CommandEndpoint:
             log.exception("unexpected fault in %s", name)
             payload = encode_error(code, "internal error")
         finally:
-            IN_FLIGHT.dec()
+            TALLY.in_flight -= 1
 
         request_id = self.request_ids(scope)
         await send(
@@ -99,7 +99,7 @@ class CommandEndpoint:
 
         elapsed = time.perf_counter() - started
         label = name if command is not None else "unknown"
-        observe_call(label, code, elapsed)
+        TALLY.call(label, code, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "call",

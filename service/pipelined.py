@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -87,16 +88,25 @@ class _Protocol(asyncio.Protocol):
 
 
 class PipelinedConnection:
-    def __init__(self, url: str, *, timeout: float, max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        max_pending: int = 10_000,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
         self.endpoint = Endpoint(url)
         self.timeout = timeout
         self.max_pending = max_pending
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._buffer: list[bytes] = []
         self._batch: list[asyncio.Future[Any]] = []
         self._flush_scheduled = False
+        self._on_flush = on_flush  # told how many commands each write carried
 
     async def execute(self, *args: Any) -> Any:
         if self._transport is None:
@@ -106,7 +116,9 @@ class PipelinedConnection:
         return await self._send(_pack(args))
 
     def _send(self, packed: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        # The loop is cached at connect: on Python 3.11 get_running_loop() costs a getpid().
+        loop = self._loop
+        assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(future)
         self._batch.append(future)
@@ -123,7 +135,10 @@ class PipelinedConnection:
         if self._transport is None:
             return  # fail() already failed these futures
         self._transport.write(payload)
-        asyncio.get_running_loop().call_later(self.timeout, self._expire, batch)
+        if self._on_flush is not None:
+            self._on_flush(len(batch))
+        assert self._loop is not None
+        self._loop.call_later(self.timeout, self._expire, batch)
 
     def _expire(self, batch: list[asyncio.Future[Any]]) -> None:
         for future in batch:
@@ -142,7 +157,7 @@ class PipelinedConnection:
                 self._connecting = None
 
     async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         endpoint = self.endpoint
         try:
             async with asyncio.timeout(self.timeout):

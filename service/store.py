@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from service.errors import ErrorCode, ServiceError
-from service.metrics import REDIS_ERRORS, REDIS_SECONDS
+from service.metrics import TALLY
 from service.pipelined import Endpoint, PipelinedConnection
 
 log = logging.getLogger("service.store")
@@ -91,7 +91,9 @@ class PipelinedTransport:
     """redis://, rediss:// and unix:// through one coalescing connection (the fast path)."""
 
     def __init__(self, url: str, *, timeout: float, max_pending: int) -> None:
-        self.connection = PipelinedConnection(url, timeout=timeout, max_pending=max_pending)
+        self.connection = PipelinedConnection(
+            url, timeout=timeout, max_pending=max_pending, on_flush=TALLY.batch
+        )
 
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
         try:
@@ -166,12 +168,12 @@ class Store:
         try:
             reply = await self.transport.run_script(script, keys, args)
         except RedisError as exc:
-            REDIS_ERRORS.labels(script.name).inc()
+            TALLY.redis_error(script.name)
             log.warning("redis call %s failed: %s: %s", script.name, type(exc).__name__, exc)
             raise ServiceError(
                 ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
             ) from exc
-        REDIS_SECONDS.labels(script.name).observe(time.perf_counter() - started)
+        TALLY.redis_call(script.name, time.perf_counter() - started)
         return reply
 
     async def probe(self) -> None:
