@@ -12,10 +12,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from service.config import Settings
 from service.endpoint import CommandEndpoint
@@ -42,7 +41,7 @@ async def _unknown_path(request: Request) -> Response:
     return _failure(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {request.method} {request.url.path!r}")
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+def create_app(settings: Settings, store: Store | None = None) -> Router:
     """The ASGI app; without `store`, one is made from `settings.redis_url`."""
     config = settings.config
     store = store or open_store(
@@ -51,7 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     readiness = Readiness(store)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(_: Router) -> AsyncIterator[None]:
         if settings.redis_url == EMBEDDED_URL:
             log.warning(
                 "using the embedded in-process store (memory://): nothing is kept on exit "
@@ -70,7 +69,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             flusher.cancel()
             await store.close()
 
-    return Starlette(
+    # A bare Router rather than Starlette(): the app's error and exception middlewares
+    # wrap every call (one builds a Request per call) and would never fire, because
+    # the command endpoint answers every failure itself, as a value.
+    return Router(
         routes=[
             Route(COMMAND_PREFIX + "{command}", CommandEndpoint(settings, store), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
