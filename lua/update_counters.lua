@@ -10,13 +10,20 @@ at most 10 and 9 digits, each exact as a double, added with carry, range-checked
 against int64, and formatted back to a string. Set does no arithmetic at all.
 
 KEYS[1]  the group's hash, {<sdkappid>:<GroupId>}
+KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when ARGV[2] is "0")
+KEYS[3]  the idempotency record, {<sdkappid>:<GroupId>}:idempotency:<Idempotency-Key>
 ARGV[1]  "1" when the group must have been created (registered mode), "0" (implicit)
-ARGV[2]  "set" or "add"
-ARGV[3..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
+ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here
+ARGV[3]  the request's fingerprint when it carries an Idempotency-Key, else ""
+ARGV[4]  "set" or "add"
+ARGV[5..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
          Value is the signed amount to add as a decimal string; a Decrease arrives
          negated, so it may be 9223372036854775808, one past int64.
 
-Reply    {0, value, value, ...}  each Key's value after the update, request order
+Reply    {0, value, value, ...}  each Key's value after the update, request order (also
+                                 when replaying the record of an earlier identical request)
+         {60007}                 the app is over its rate limit
+         {10004}                 the Idempotency-Key was first used with another request
          {10010}                 registered mode and the group does not exist
          {10007}                 the group is a Community group
          {10004, Key}            that Key's result would leave int64
@@ -26,6 +33,19 @@ local META = "\255" -- group metadata field; never valid UTF-8, so never a Key
 local MAX_KEYS = 20
 local LIMB = 1000000000
 local MAX_HI, MAX_LO, MIN_LO = 9223372036, 854775807, 854775808
+
+if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
+if ARGV[3] ~= "" then
+  local record = redis.call("GET", KEYS[3])
+  if record then
+    if string.sub(record, 1, #ARGV[3] + 1) ~= ARGV[3] .. "\n" then return {10004} end
+    local replay = {0}
+    for value in string.gmatch(string.sub(record, #ARGV[3] + 2), "[^,]+") do
+      replay[#replay + 1] = value
+    end
+    return replay
+  end
+end
 
 local group = KEYS[1]
 local meta = redis.call("HGET", group, META)
@@ -60,7 +80,7 @@ local function add(a, b)
 end
 
 local keys, amounts = {}, {}
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   keys[#keys + 1] = ARGV[i]
   amounts[#amounts + 1] = ARGV[i + 1]
 end
@@ -69,7 +89,7 @@ local old = redis.call("HMGET", group, unpack(keys))
 local new, added = {}, 0
 for i = 1, #keys do
   if not old[i] then added = added + 1 end
-  if ARGV[2] == "set" then
+  if ARGV[4] == "set" then
     new[i] = amounts[i]
   else
     new[i] = add(old[i] or "0", amounts[i])
@@ -86,4 +106,8 @@ for i = 1, #keys do
   fields[#fields + 1] = new[i]
 end
 redis.call("HSET", group, unpack(fields))
+if ARGV[3] ~= "" then
+  -- Written with the update, in the group's slot: a failover loses both or neither.
+  redis.call("SET", KEYS[3], ARGV[3] .. "\n" .. table.concat(new, ","), "EX", 86400)
+end
 return {0, unpack(new)}

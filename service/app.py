@@ -12,12 +12,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
 
 from service.config import Settings
-from service.endpoint import CommandEndpoint
+from service.endpoint import CommandEndpoint, send_reply
 from service.errors import ErrorCode
 from service.lifecycle import mark_draining_on_signals, tune_gc_for_serving
 from service.metrics import flush_every_second, metrics_endpoint
@@ -29,16 +28,15 @@ from service.wire import encode_error
 log = logging.getLogger("service")
 
 COMMAND_PREFIX: Final = "/v4/group_open_http_svc/"
-_JSON: Final = "application/json"
-_ALL_METHODS: Final = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def _failure(code: ErrorCode, info: str) -> Response:
-    return Response(encode_error(code, info), media_type=_JSON)
-
-
-async def _unknown_path(request: Request) -> Response:
-    return _failure(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {request.method} {request.url.path!r}")
+async def unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
+    """60009 for every path no route has (the Router's default)."""
+    if scope["type"] != "http":
+        return
+    await send_reply(
+        send, 200, encode_error(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['path']!r}")
+    )
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Router:
@@ -74,11 +72,15 @@ def create_app(settings: Settings, store: Store | None = None) -> Router:
     # the command endpoint answers every failure itself, as a value.
     return Router(
         routes=[
-            Route(COMMAND_PREFIX + "{command}", CommandEndpoint(settings, store), methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readiness.check, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-            Route("/{path:path}", _unknown_path, methods=_ALL_METHODS),
+            # No `methods`: a Route whose path matches but whose method does not makes
+            # Starlette answer a plain 405 itself; the endpoint answers 60009 instead, and
+            # the probes answer any method.
+            Route(COMMAND_PREFIX + "{command}", CommandEndpoint(settings, store)),
+            Route("/healthz", healthz),
+            Route("/readyz", readiness.check),
+            Route("/metrics", metrics_endpoint),
         ],
+        default=unknown_path,
+        redirect_slashes=False,  # a 307 is not an answer the wire contract knows
         lifespan=lifespan,
     )

@@ -6,17 +6,19 @@ happened and the body is decoded (`Command.decode`); these see the app and the r
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
 from service import store as scripts
+from service.call import Call
 from service.config import App
 from service.errors import ErrorCode, ServiceError
-from service.store import Store, group_key
+from service.store import group_key, idempotency_key
 from service.validate import (
     COMMUNITY_PREFIX,
     GENERATED_PREFIX,
@@ -76,10 +78,6 @@ def _check_json_object(body: bytes) -> None:
         raise ServiceError(ErrorCode.BAD_BODY, "the body is not a JSON object")
 
 
-def _registered(app: App) -> str:
-    return "0" if app.implicit_groups else "1"
-
-
 def _check_implicit_community(app: App, group_id: str) -> None:
     # In implicit mode no group type is stored: the ID prefix is the type.
     if app.implicit_groups and group_id.startswith(COMMUNITY_PREFIX):
@@ -98,6 +96,8 @@ def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
             info = f"group {group_id!r} does not exist"
         case ErrorCode.NOT_ALLOWED:
             info = f"group {group_id!r} is a Community group, which has no counters"
+        case ErrorCode.INVALID_PARAMETER if detail is None:
+            info = "the Idempotency-Key was first used with a different request"
         case ErrorCode.INVALID_PARAMETER:
             info = f"Key {detail.decode()!r}: the result is outside the int64 range"
         case ErrorCode.TOO_MANY_KEYS:
@@ -109,21 +109,44 @@ def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
     raise ServiceError(ErrorCode(code), info)
 
 
-async def update_group_counter(store: Store, app: App, request: UpdateGroupCounter) -> bytes:
+def _fingerprint(command: str, args: Sequence[scripts.ScriptArg]) -> str:
+    """What an Idempotency-Key promises: the same command with the same arguments."""
+    digest = hashlib.blake2b(command.encode(), digest_size=16)
+    for arg in args:
+        digest.update(b"\0" + (arg if isinstance(arg, bytes) else str(arg).encode()))
+    return digest.hexdigest()
+
+
+def _idempotency(
+    call: Call, command: str, group_id: str, args: Sequence[scripts.ScriptArg]
+) -> tuple[str, str]:
+    """KEYS[3] and ARGV[3] of a script that can record its outcome: the record and the fingerprint."""
+    if call.idempotency_key is None:
+        return group_key(call.app.sdkappid, group_id), ""
+    record = idempotency_key(call.app.sdkappid, group_id, call.idempotency_key)
+    return record, _fingerprint(command, args)
+
+
+async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes:
     items = request.group_counter
     keys = check_keys([item.key for item in items])
     group_id = check_group_id(request.group_id)
     check_item_count(len(items), "GroupCounter")
-    _check_implicit_community(app, group_id)
+    _check_implicit_community(call.app, group_id)
 
     mode = request.mode or "Set"
-    args: list[scripts.ScriptArg] = [_registered(app), "set" if mode == "Set" else "add"]
+    operation = "set" if mode == "Set" else "add"
+    pairs: list[scripts.ScriptArg] = []
     for key, item in zip(keys, items, strict=True):
         # A Decrease is an add of the negated Value; -(-2**63) is one past int64,
         # which the script's limb arithmetic handles and a Redis HINCRBY could not.
-        amount = -item.value if mode == "Decrease" else item.value
-        args += (key, str(amount))
-    reply = await store.run(scripts.UPDATE_COUNTERS, [group_key(app.sdkappid, group_id)], args)
+        pairs += (key, -item.value if mode == "Decrease" else item.value)
+    record, fingerprint = _idempotency(call, "update_group_counter", group_id, [operation, *pairs])
+    reply = await call.run(
+        scripts.UPDATE_COUNTERS,
+        [group_key(call.app.sdkappid, group_id), record],
+        [fingerprint, operation, *pairs],
+    )
     _raise_for(reply, group_id)
 
     counters = [
@@ -132,16 +155,14 @@ async def update_group_counter(store: Store, app: App, request: UpdateGroupCount
     return encoder.encode(GroupCounterReply(group_counter=counters))
 
 
-async def get_group_counter(store: Store, app: App, request: GetGroupCounter) -> bytes:
+async def get_group_counter(call: Call, request: GetGroupCounter) -> bytes:
     wanted = request.group_counter_keys or []
     keys = check_keys(wanted)
     group_id = check_group_id(request.group_id)
     check_item_count(len(keys), "GroupCounterKeys")
-    _check_implicit_community(app, group_id)
+    _check_implicit_community(call.app, group_id)
 
-    reply = await store.run(
-        scripts.GET_COUNTERS, [group_key(app.sdkappid, group_id)], [_registered(app), *keys]
-    )
+    reply = await call.run(scripts.GET_COUNTERS, [group_key(call.app.sdkappid, group_id)], keys)
     _raise_for(reply, group_id)
 
     values = reply[1:]
@@ -154,14 +175,15 @@ async def get_group_counter(store: Store, app: App, request: GetGroupCounter) ->
     return encoder.encode(GroupCounterReply(group_counter=counters))
 
 
-async def delete_group_counter(store: Store, app: App, request: DeleteGroupCounter) -> bytes:
+async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes:
     keys = check_keys(request.group_counter_keys or [])
     group_id = check_group_id(request.group_id)
     check_item_count(len(keys), "GroupCounterKeys")
-    _check_implicit_community(app, group_id)
+    _check_implicit_community(call.app, group_id)
 
-    reply = await store.run(
-        scripts.DELETE_COUNTERS, [group_key(app.sdkappid, group_id)], [_registered(app), *keys]
+    record, fingerprint = _idempotency(call, "delete_group_counter", group_id, keys)
+    reply = await call.run(
+        scripts.DELETE_COUNTERS, [group_key(call.app.sdkappid, group_id), record], [fingerprint, *keys]
     )
     _raise_for(reply, group_id)
     return _OK
@@ -172,7 +194,7 @@ def _generated_group_id(community: bool) -> str:
     return (COMMUNITY_PREFIX + GENERATED_PREFIX if community else GENERATED_PREFIX) + suffix
 
 
-async def create_group(store: Store, app: App, request: CreateGroup) -> bytes:
+async def create_group(call: Call, request: CreateGroup) -> bytes:
     check_name(request.name)
     community = request.type == "Community"
     if request.group_id is not None:
@@ -180,11 +202,13 @@ async def create_group(store: Store, app: App, request: CreateGroup) -> bytes:
     else:
         group_id = _generated_group_id(community)
 
-    if app.implicit_groups:
-        # Every well-formed GroupId already exists in implicit mode; nothing to store.
+    if call.app.implicit_groups:
+        # Every well-formed GroupId already exists in implicit mode: nothing to store,
+        # but the call still counts against the app's rate limit.
+        await call.count_against_limit()
         return encoder.encode(CreateGroupReply(group_id=group_id))
     for _ in range(_CREATE_ATTEMPTS):
-        reply = await store.run(scripts.CREATE_GROUP, [group_key(app.sdkappid, group_id)], [request.type])
+        reply = await call.run(scripts.CREATE_GROUP, [group_key(call.app.sdkappid, group_id)], [request.type])
         if reply[0] != ErrorCode.GROUP_ID_TAKEN or request.group_id is not None:
             break
         group_id = _generated_group_id(community)  # a collision in 62**10 IDs: draw again
@@ -192,9 +216,9 @@ async def create_group(store: Store, app: App, request: CreateGroup) -> bytes:
     return encoder.encode(CreateGroupReply(group_id=group_id))
 
 
-async def destroy_group(store: Store, app: App, request: DestroyGroup) -> bytes:
+async def destroy_group(call: Call, request: DestroyGroup) -> bytes:
     group_id = check_group_id(request.group_id)
-    reply = await store.run(scripts.DESTROY_GROUP, [group_key(app.sdkappid, group_id)], [_registered(app)])
+    reply = await call.run(scripts.DESTROY_GROUP, [group_key(call.app.sdkappid, group_id)], [])
     _raise_for(reply, group_id)
     return _OK
 
@@ -202,7 +226,7 @@ async def destroy_group(store: Store, app: App, request: DestroyGroup) -> bytes:
 class Command(Generic[R]):
     """A command's body decoder (built once) and its function of the typed request."""
 
-    def __init__(self, request_type: type[R], run: Callable[[Store, App, R], Awaitable[bytes]]) -> None:
+    def __init__(self, request_type: type[R], run: Callable[[Call, R], Awaitable[bytes]]) -> None:
         self.decoder = msgspec.json.Decoder(request_type)
         self.run = run
 

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.access import Access
 from service.body import BodyTooLarge, ClientGone, read_body
+from service.call import Call
 from service.commands import COMMANDS
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
@@ -30,6 +31,14 @@ log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 
 _JSON: Final = (b"content-type", b"application/json")
+
+
+async def send_reply(send: Send, status: int, payload: bytes, request_id: bytes | None = None) -> None:
+    headers = [_JSON, (b"content-length", b"%d" % len(payload))]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 class RequestIds:
@@ -46,6 +55,14 @@ class RequestIds:
                     return bytes(value)
                 break
         return f"{self._prefix}-{next(self._counter):x}".encode()
+
+
+def _idempotency_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            key: bytes = value
+            return key.decode("latin-1")
+    return None
 
 
 class CommandEndpoint:
@@ -65,13 +82,25 @@ class CommandEndpoint:
         status = 200
         TALLY.in_flight += 1
         try:
-            if command is None:
-                raise ServiceError(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['path']!r}")
+            if command is None or scope["method"] != "POST":
+                raise ServiceError(
+                    ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['method']} {scope['path']!r}"
+                )
             app = self.access.authorize(scope["query_string"])
             sdkappid = app.sdkappid
-            request = command.decode(await read_body(scope, receive, self.max_body_bytes))
-            group_id = getattr(request, "group_id", None)
-            payload = await command.run(self.store, app, request)
+            call = Call(self.store, app, _idempotency_key(scope))
+            if not self.store.limiter_shares_call:
+                await call.count_against_limit()  # its window is in another slot: before the body
+            try:
+                request = command.decode(await read_body(scope, receive, self.max_body_bytes))
+                group_id = getattr(request, "group_id", None)
+                call.check_idempotency_key()
+                payload = await command.run(call, request)
+            except ServiceError:
+                # The limit is checked before the body: a call refused before its script
+                # ran still counts, and over the limit it answers 60007 instead.
+                await call.count_against_limit()
+                raise
         except ServiceError as exc:
             code = exc.code
             payload = encode_error(exc.code, exc.info)
@@ -88,14 +117,7 @@ class CommandEndpoint:
             TALLY.in_flight -= 1
 
         request_id = self.request_ids(scope)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON, (b"content-length", b"%d" % len(payload)), (b"x-request-id", request_id)],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_reply(send, status, payload, request_id)
 
         elapsed = time.perf_counter() - started
         label = name if command is not None else "unknown"

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from service import topology
 from service.errors import ErrorCode, ServiceError
 from service.metrics import TALLY
 from service.pipelined import Endpoint, PipelinedConnection
@@ -47,6 +48,16 @@ def group_key(sdkappid: int, group_id: str) -> str:
     return f"{{{sdkappid}:{group_id}}}"
 
 
+def idempotency_key(sdkappid: int, group_id: str, key: str) -> str:
+    """In the group's slot, so the script that updates the group can write it."""
+    return f"{group_key(sdkappid, group_id)}:idempotency:{key}"
+
+
+def rate_limit_key(sdkappid: int) -> str:
+    # Never a group's key: those tags start with the numeric sdkappid.
+    return f"{{ratelimit:{sdkappid}}}"
+
+
 def _lua_dir() -> Path:
     """The scripts ship inside the wheel as service/lua; a source checkout has ./lua."""
     packaged = resources.files("service").joinpath("lua")
@@ -55,26 +66,38 @@ def _lua_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "lua"
 
 
+def _with_includes(source: str) -> str:
+    """Shared Lua from lua/include/, placed right after the script's header comment."""
+    header_end = source.index("]]\n") + 3
+    shared = (_lua_dir() / "include" / "rate_limit.lua").read_text(encoding="utf-8")
+    return source[:header_end] + shared + source[header_end:]
+
+
 class Script:
     """One Lua file, called with `keys` KEYS (the count its header documents)."""
 
     def __init__(self, name: str, keys: int) -> None:
         self.name = name
         self.keys = keys
-        self.source = (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+        self.source = _with_includes((_lua_dir() / f"{name}.lua").read_text(encoding="utf-8"))
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-UPDATE_COUNTERS: Final = Script("update_counters", keys=1)
-GET_COUNTERS: Final = Script("get_counters", keys=1)
-DELETE_COUNTERS: Final = Script("delete_counters", keys=1)
-CREATE_GROUP: Final = Script("create_group", keys=1)
-DESTROY_GROUP: Final = Script("destroy_group", keys=1)
-SCRIPTS: Final = (UPDATE_COUNTERS, GET_COUNTERS, DELETE_COUNTERS, CREATE_GROUP, DESTROY_GROUP)
+UPDATE_COUNTERS: Final = Script("update_counters", keys=3)
+GET_COUNTERS: Final = Script("get_counters", keys=2)
+DELETE_COUNTERS: Final = Script("delete_counters", keys=3)
+CREATE_GROUP: Final = Script("create_group", keys=2)
+DESTROY_GROUP: Final = Script("destroy_group", keys=2)
+RATE_LIMIT: Final = Script("rate_limit", keys=1)
+SCRIPTS: Final = (UPDATE_COUNTERS, GET_COUNTERS, DELETE_COUNTERS, CREATE_GROUP, DESTROY_GROUP, RATE_LIMIT)
 
 
 class Transport(Protocol):
     """How the store reaches Redis: the pipelined connection, or redis-py."""
+
+    # Whether one script may touch keys of different hash slots (the group's and the
+    # app's rate-limit window): true on one Redis, false on a Cluster.
+    limiter_shares_call: bool
 
     async def run_script(
         self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]
@@ -89,6 +112,8 @@ class Transport(Protocol):
 
 class PipelinedTransport:
     """redis://, rediss:// and unix:// through one coalescing connection (the fast path)."""
+
+    limiter_shares_call = True
 
     def __init__(self, url: str, *, timeout: float, max_pending: int) -> None:
         self.connection = PipelinedConnection(
@@ -121,6 +146,8 @@ class PipelinedTransport:
 class RedisPyTransport:
     """redis-py: the embedded store on fakeredis (and any client redis-py offers)."""
 
+    limiter_shares_call = True
+
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._scripts = {script.name: client.register_script(script.source) for script in SCRIPTS}
@@ -151,6 +178,8 @@ def embedded_client() -> aioredis.Redis:
 def open_store(url: str, *, timeout: float, max_pending: int = 10_000) -> Store:
     if url == EMBEDDED_URL:
         return Store(RedisPyTransport(embedded_client()))
+    if topology.supports(url):  # redis+cluster://, rediss+cluster://, redis+sentinel://
+        return Store(topology.open_transport(url, timeout=timeout, max_pending=max_pending))
     if not Endpoint.supports(url):
         raise ValueError(f"unsupported redis_url {url!r}")
     return Store(PipelinedTransport(url, timeout=timeout, max_pending=max_pending))
@@ -161,6 +190,7 @@ class Store:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self.limiter_shares_call = transport.limiter_shares_call
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
         assert len(keys) == script.keys, f"{script.name} takes {script.keys} keys"
@@ -178,7 +208,7 @@ class Store:
 
     async def probe(self) -> None:
         """A real script round trip (EVALSHA, reloading on NOSCRIPT), for readiness."""
-        await self.run(GET_COUNTERS, [READINESS_KEY], ["0"])
+        await self.run(GET_COUNTERS, [READINESS_KEY, READINESS_KEY], ["0", "0"])
 
     async def wait_until_reachable(self, url_for_log: str) -> None:
         """Ping until Redis answers, backing off to 5 s, saying so at each failure."""

@@ -9,8 +9,6 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # as written: may list several host:port
     user = f"{parts.username}:***@" if parts.username else "***@"
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))

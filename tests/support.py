@@ -22,10 +22,13 @@ from service.auth import mint_usersig
 REGISTERED_APP: Final = 1400000000
 IMPLICIT_APP: Final = 1400000001
 OTHER_APP: Final = 1400000002
+RATE_LIMITED_APP: Final = 1400000003
+RATE_LIMIT: Final = 5
 SECRET_KEYS: Final = {
     REGISTERED_APP: "secret-of-the-registered-app",
     IMPLICIT_APP: "secret-of-the-implicit-app",
     OTHER_APP: "secret-of-the-other-app",
+    RATE_LIMITED_APP: "secret-of-the-rate-limited-app",
 }
 ADMIN: Final = "administrator"
 
@@ -48,6 +51,13 @@ groups = "implicit"
 sdkappid = {OTHER_APP}
 secret_key = "{SECRET_KEYS[OTHER_APP]}"
 admins = ["{ADMIN}"]
+
+[[apps]]
+sdkappid = {RATE_LIMITED_APP}
+secret_key = "{SECRET_KEYS[RATE_LIMITED_APP]}"
+admins = ["{ADMIN}"]
+groups = "implicit"
+rate_limit = {RATE_LIMIT}
 """
 
 
@@ -224,7 +234,13 @@ class Api:
 
     def state(self) -> dict[Any, Any]:
         """Everything in the store, to assert that a failed call changed nothing."""
-        return {key: self.inspector.hgetall(key) for key in sorted(self.inspector.keys("*"))}
+        return {key: self._value(key) for key in sorted(self.inspector.keys("*"))}
+
+    def _value(self, key: Any) -> Any:
+        # Groups are hashes; idempotency records are strings.
+        if self.inspector.type(key) == b"string":
+            return self.inspector.get(key)
+        return self.inspector.hgetall(key)
 
 
 def _json(body: Any) -> bytes:

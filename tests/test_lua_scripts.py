@@ -22,11 +22,14 @@ from hypothesis import strategies as st
 
 import service.commands
 import service.store
-from service.store import SCRIPTS, UPDATE_COUNTERS, Script, ScriptArg, ScriptReply, Store
-from tests.support import IMPLICIT_APP, Api, RedisServer
+from service.store import RATE_LIMIT, SCRIPTS, UPDATE_COUNTERS, Script, ScriptArg, ScriptReply, Store
+from tests.support import IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+# Call.run adds KEYS[2] and ARGV[1..2] to every command script.
+SHARED_KEYS: Final = 1
+SHARED_ARGV: Final = 2
 LUA_DIR: Final = Path(__file__).resolve().parents[1] / "lua"
 COMMANDS_SOURCE: Final = Path(service.commands.__file__).read_text(encoding="utf-8")
 SCRIPT_IDS: Final = [script.name for script in SCRIPTS]
@@ -102,7 +105,11 @@ def test_every_lua_file_is_registered_in_scripts() -> None:
 
 
 def _run_calls() -> list[ast.Call]:
-    """Every `store.run(scripts.X, ...)` call in service/commands.py."""
+    """Every `call.run(scripts.X, ...)` call in service/commands.py.
+
+    `Call.run` (service/call.py) adds KEYS[2] (the rate-limit window) and ARGV[1..2]
+    (group mode, rate limit) that every command script shares; the commands pass the rest.
+    """
     calls = []
     for node in ast.walk(ast.parse(COMMANDS_SOURCE)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run":
@@ -121,15 +128,19 @@ def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> 
         header = parse_header(script)
         assert isinstance(keys, ast.List), f"line {call.lineno}: KEYS should be a list literal"
         assert not any(isinstance(e, ast.Starred) for e in keys.elts), f"line {call.lineno}: starred KEYS"
-        assert len(keys.elts) == script.keys == len(header.keys), (
+        assert len(keys.elts) + SHARED_KEYS == script.keys == len(header.keys), (
             f"line {call.lineno}: {script.name} called with {len(keys.elts)} KEYS"
         )
         if isinstance(args, ast.List):  # a literal: its fixed part must match the header
             fixed = [e for e in args.elts if not isinstance(e, ast.Starred)]
             variadic = len(fixed) != len(args.elts)
-            assert len(fixed) == len(header.argv), f"line {call.lineno}: {script.name} fixed ARGV"
+            assert len(fixed) + SHARED_ARGV == len(header.argv), (
+                f"line {call.lineno}: {script.name} fixed ARGV"
+            )
             assert variadic == (header.argv_rest is not None), f"line {call.lineno}: {script.name} ARGV tail"
-    assert called == {script.name for script in SCRIPTS}, f"scripts never called: {called ^ set(SCRIPT_IDS)}"
+    # rate_limit runs on its own, from service/call.py, not from a command.
+    expected = {script.name for script in SCRIPTS} - {RATE_LIMIT.name}
+    assert called == expected, f"scripts never called: {called ^ expected}"
 
 
 def test_every_command_calls_its_script_with_the_argv_count_the_header_documents(
@@ -155,6 +166,8 @@ def test_every_command_calls_its_script_with_the_argv_count_the_header_documents
     api.update("h", {"x": 1}, "Increase", sdkappid=IMPLICIT_APP)
     api.get("h", sdkappid=IMPLICIT_APP)
     api.call("destroy_group", {"GroupId": "h"}, sdkappid=IMPLICIT_APP)
+    # A rate-limited app's call that fails before its script is counted on its own.
+    api.call("get_group_counter", raw=b"not json", sdkappid=RATE_LIMITED_APP)
 
     assert {script.name for script, _, _ in seen} == set(SCRIPT_IDS)
     for script, keys, args in seen:
@@ -244,7 +257,7 @@ def add_reply(client: redis.Redis, old: int | None, amount: int, key: str = "c")
     if old is not None:
         client.hset(HASH, key, str(old))
     script = client.register_script(UPDATE_COUNTERS.source)
-    return script(keys=[HASH], args=["0", "add", key, str(amount)])
+    return script(keys=[HASH, HASH, HASH], args=["0", "0", "", "add", key, str(amount)])
 
 
 def expected_reply(old: int | None, amount: int, key: str = "c") -> list[Any]:
@@ -296,7 +309,7 @@ def test_update_counters_overflow_in_one_key_changes_no_key(scripting: redis.Red
     scripting.delete(HASH)
     scripting.hset(HASH, mapping={"a": "1", "b": str(INT64_MAX)})
     script = scripting.register_script(UPDATE_COUNTERS.source)
-    reply = script(keys=[HASH], args=["0", "add", "a", "1", "new", "5", "b", "1"])
+    reply = script(keys=[HASH, HASH, HASH], args=["0", "0", "", "add", "a", "1", "new", "5", "b", "1"])
     assert reply == [10004, b"b"]
     assert scripting.hgetall(HASH) == {b"a": b"1", b"b": str(INT64_MAX).encode()}
 
@@ -306,8 +319,11 @@ def test_update_counters_checks_overflow_before_key_count(scripting: redis.Redis
     scripting.hset(HASH, mapping={f"k{i:02d}": str(INT64_MAX) for i in range(20)})
     script = scripting.register_script(UPDATE_COUNTERS.source)
     before = scripting.hgetall(HASH)
-    assert script(keys=[HASH], args=["0", "add", "new", "1", "k00", "1"]) == [10004, b"k00"]
-    assert script(keys=[HASH], args=["0", "add", "new", "1", "k00", "-1"]) == [10063, 21]
+    assert script(keys=[HASH, HASH, HASH], args=["0", "0", "", "add", "new", "1", "k00", "1"]) == [
+        10004,
+        b"k00",
+    ]
+    assert script(keys=[HASH, HASH, HASH], args=["0", "0", "", "add", "new", "1", "k00", "-1"]) == [10063, 21]
     assert scripting.hgetall(HASH) == before
 
 
@@ -315,10 +331,10 @@ def test_update_counters_set_stores_the_value_unchanged(scripting: redis.Redis) 
     scripting.delete(HASH)
     script = scripting.register_script(UPDATE_COUNTERS.source)
     values = [INT64_MIN, INT64_MAX, -(2**53) - 1, 2**53 + 1, 0, -1]
-    args: list[str] = ["0", "set"]
+    args: list[str] = ["0", "0", "", "set"]
     for i, value in enumerate(values):
         args += [f"k{i}", str(value)]
-    assert script(keys=[HASH], args=args) == [0, *(str(v).encode() for v in values)]
+    assert script(keys=[HASH, HASH, HASH], args=args) == [0, *(str(v).encode() for v in values)]
     assert scripting.hgetall(HASH) == {f"k{i}".encode(): str(v).encode() for i, v in enumerate(values)}
 
 

@@ -107,7 +107,7 @@ def test_a_flushed_script_cache_is_reloaded_without_failing_the_call(redis_serve
 
     async def scenario() -> Any:
         transport = PipelinedTransport(redis_server.url, timeout=2.0, max_pending=100)
-        reply = await transport.run_script(GET_COUNTERS, ["{pipelined:g}"], ["0"])
+        reply = await transport.run_script(GET_COUNTERS, ["{pipelined:g}", "{pipelined:g}"], ["0", "0"])
         await transport.close()
         return reply
 

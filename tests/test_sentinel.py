@@ -1,0 +1,98 @@
+"""Redis Sentinel: the service follows a failover by itself, keeping what it acknowledged."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.store import open_store
+from tests.support import REGISTERED_APP, Api, group_key
+from tests.topologies import MASTER_NAME, SentinelSetup, wait_for
+
+
+@pytest.fixture
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    setup = SentinelSetup()
+    try:
+        yield setup.start()
+    finally:
+        setup.stop()
+
+
+def until_answered(call: Any, seconds: float = 10.0) -> dict[str, Any]:
+    """Call until it does not answer 10002 (the store unreachable)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        reply: dict[str, Any] = call()
+        if reply["ErrorCode"] != 10002:
+            return reply
+        assert time.monotonic() < deadline, f"still 10002 after {seconds} s"
+        time.sleep(0.1)
+
+
+def test_the_service_carries_on_after_a_sentinel_failover(
+    sentinel_setup: SentinelSetup, settings: Settings
+) -> None:
+    master, replica, sentinel = sentinel_setup.master, sentinel_setup.replica, sentinel_setup.sentinel
+    assert master is not None
+    assert replica is not None
+    assert sentinel is not None
+    store = open_store(sentinel_setup.url, timeout=1.0)
+    with TestClient(create_app(settings, store)) as client, master.client() as old_master:
+        api = Api(client=client, inspector=old_master)
+        api.create("g")
+        for _ in range(5):
+            assert api.update("g", {"a": 1}, "Increase")["ErrorCode"] == 0
+        assert api.update("g", {"b": 7})["ErrorCode"] == 0
+        assert client.get("/readyz").status_code == 200
+        # Everything acknowledged is on the replica before it is promoted.
+        assert old_master.execute_command("WAIT", 1, 1000) == 1
+
+        assert sentinel_setup.master_port() == master.port
+        with sentinel.client() as sentinel_client:
+            sentinel_client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        failover_started = time.monotonic()
+        with replica.client() as new_master:
+            wait_for(
+                lambda: (
+                    sentinel_setup.master_port() == replica.port
+                    and new_master.info("replication")["role"] == "master"
+                ),
+                20,
+                "the sentinel to name the replica as master",
+            )
+
+            # Same app, same store, no restart: calls during the switch may answer
+            # 10002 (a read retried, or an idempotent Set); then every call succeeds,
+            # against the new master.
+            reply = until_answered(lambda: api.get("g"))
+            assert reply["ErrorCode"] == 0, reply
+            assert {item["Key"]: item["Value"] for item in reply["GroupCounter"]} == {"a": 5, "b": 7}
+            reply = until_answered(lambda: api.update("g", {"c": 1}))
+            assert reply["ErrorCode"] == 0, reply
+            assert time.monotonic() - failover_started < 3
+            for _ in range(5):
+                assert api.update("g", {"a": 1}, "Increase")["ErrorCode"] == 0
+            assert new_master.hgetall(group_key(REGISTERED_APP, "g")) == {
+                b"\xff": b"Public",
+                b"a": b"10",
+                b"b": b"7",
+                b"c": b"1",
+            }
+            api.create("after")
+            assert new_master.exists(group_key(REGISTERED_APP, "after")) == 1
+            assert client.get("/readyz").status_code == 200
+        # Nothing acknowledged went to the demoted master (which will drop what it has
+        # and copy the new master's data once the sentinel reconfigures it).
+        assert old_master.hgetall(group_key(REGISTERED_APP, "g")) == {
+            b"\xff": b"Public",
+            b"a": b"5",
+            b"b": b"7",
+        }
+        assert old_master.exists(group_key(REGISTERED_APP, "after")) == 0
