@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 .PHONY: install  ## Create .venv and install the service with its dev tools
 install: $(STAMP)
 
-.PHONY: redis-server  ## Make sure redis-server exists (apt-get install when root)
+.PHONY: redis-server  ## Make sure redis-server, wrk and node (the benchmark's) exist (apt-get install when root)
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  else echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; fi; }
+	@{ command -v redis-server && command -v wrk && command -v node; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs >/dev/null; \
+	  else echo "redis-server, wrk or node is missing: sudo apt-get install redis-server wrk nodejs" >&2; exit 1; fi; }
 
 .PHONY: run  ## Serve the API on $(HOST):$(PORT) with the embedded store and the dev config
 run: $(STAMP)
@@ -80,3 +80,27 @@ loadtest: $(STAMP)
 	echo; cat $(RESULTS)/summary.txt 2>/dev/null || echo "no summary: see the output above" >&2; \
 	echo "report: $(RESULTS)/report.html, CSV: $(RESULTS)/stats_*.csv"; \
 	exit $$status
+
+# make bench [BENCH_ARGS='--duration 20 --rounds 5']: the service against the ceiling app
+# (tests/bench/ceiling.py) side by side, servers pinned to CPU 0, wrk, the open-loop driver and
+# redis-server to CPU 1 (taskset). Writes BENCHMARKS.md and docs/bench-latency.png.
+BENCH_ARGS ?=
+
+.PHONY: bench-tools  ## Make sure node (the open-loop driver) exists and matplotlib is in .venv
+bench-tools: $(STAMP) redis-server
+	@command -v node >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; \
+	  else echo "node is missing: sudo apt-get install nodejs" >&2; exit 1; fi; }
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+
+.PHONY: bench  ## Benchmark vs the ceiling app: BENCHMARKS.md with the table, targets and chart
+bench: $(STAMP) redis-server bench-tools
+	$(PY) -m tests.bench.run --workers-check --out BENCHMARKS.md $(BENCH_ARGS)
+
+.PHONY: bench-soak  ## 5-minute load on one worker: its RSS growth, into BENCHMARKS.md
+bench-soak: $(STAMP) redis-server bench-tools
+	$(PY) -m tests.bench.run --soak 300 --soak-only --out BENCHMARKS.md $(BENCH_ARGS)
+
+.PHONY: bench-smoke  ## The benchmark at tiny scale (seconds): proves the tool works, writes a temp file
+bench-smoke: $(STAMP) redis-server bench-tools
+	$(PY) -m tests.bench.run --smoke $(BENCH_ARGS)
