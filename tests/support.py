@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -139,6 +141,76 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+REPO: Final = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServiceProcess:
+    """`python -m service` as a process of its own, its output in a log file.
+
+    REDIS_URL is dropped from its environment, so the config file says where Redis is.
+    """
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    scheme: str = "http"
+
+    @classmethod
+    def start(cls, config: Path, *extra: str, log: Path | None = None, tls: bool = False) -> ServiceProcess:
+        port = free_port()
+        log = log or config.parent / f"service-{port}.log"
+        environ = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+        argv = [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+        ]
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [*argv, *extra], cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT
+            )
+        return cls(process, port, log, "https" if tls else "http")
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{'localhost' if self.scheme == 'https' else '127.0.0.1'}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_until(self, ready: Callable[[], bool], seconds: float = 30.0) -> None:
+        """Until `ready()` holds; fails at once, with the log, if the process exits."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.alive():
+            with contextlib.suppress(OSError):
+                if ready():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"service on port {self.port} did not get ready; log:\n{self.log.read_text()}")
+
+    def stop(self, seconds: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL after `seconds`; the exit code."""
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
 
 
 def usersig_for(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **kwargs: Any) -> str:

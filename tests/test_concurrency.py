@@ -7,22 +7,18 @@ never leave a group with more than 20 keys.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
 import random
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import httpx2
 import pytest
 
-from tests.support import CONFIG, REGISTERED_APP, RedisServer, free_port, query
+from tests.support import CONFIG, REGISTERED_APP, RedisServer, ServiceProcess, query
 
 REPO: Final = Path(__file__).resolve().parents[1]
 INT64_MAX: Final = 2**63 - 1
@@ -30,75 +26,41 @@ MAX_KEYS: Final = 20
 CLIENTS: Final = 48
 
 
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-
-def _wait_until_answering(service: Service, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
+def _answers_a_call(service: ServiceProcess, client: httpx2.Client) -> bool:
     url = f"{service.base_url}/v4/group_open_http_svc/get_group_counter?{query(REGISTERED_APP)}"
-    with httpx2.Client(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            if service.process.poll() is not None:
-                break
-            try:
-                if client.post(url, content=b'{"GroupId": "probe"}').status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError(f"service at {service.base_url} did not answer; log:\n{service.log.read_text()}")
+    try:
+        return client.post(url, content=b'{"GroupId": "probe"}').status_code == 200
+    except httpx2.TransportError:
+        return False
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Service]]:
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServiceProcess]]:
     """A redis-server of this module's own and two service processes using it."""
     workdir = tmp_path_factory.mktemp("concurrency")
     server = RedisServer().start()
-    started: list[Service] = []
+    started: list[ServiceProcess] = []
     try:
         config = workdir / "config.toml"
         config.write_text(
             CONFIG.replace('redis_url = "memory://"', f'redis_url = "{server.url}"\nlog_level = "warning"'),
             encoding="utf-8",
         )
-        environ = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
-        for n in range(2):
-            port = free_port()
-            log = workdir / f"service-{n}.log"
-            with log.open("wb") as sink:
-                command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-                process = subprocess.Popen(
-                    [*command, "--config", str(config)],
-                    cwd=REPO,
-                    env=environ,
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                )
-            started.append(Service(process, f"http://127.0.0.1:{port}", log))
-        for service in started:
-            _wait_until_answering(service)
+        started += [ServiceProcess.start(config, log=workdir / f"service-{n}.log") for n in range(2)]
+        with httpx2.Client(timeout=1.0) as client:
+            for service in started:
+                service.wait_until(functools.partial(_answers_a_call, service, client))
         yield started
     finally:
         for service in started:
-            if service.process.poll() is None:
-                service.process.terminate()
-        for service in started:
-            try:
-                service.process.wait(15)
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+            service.stop(15)
         server.stop()
 
 
 class Caller:
     """Posts commands of the registered app, alternating between the service processes."""
 
-    def __init__(self, services: list[Service], client: httpx2.AsyncClient) -> None:
+    def __init__(self, services: list[ServiceProcess], client: httpx2.AsyncClient) -> None:
         self.urls = [service.base_url for service in services]
         self.client = client
         self.query = query(REGISTERED_APP)  # one usersig for the whole run
@@ -135,7 +97,7 @@ KEYS: Final = ["k1", "k2", "k3", "k4", "k5"]
 CALLS: Final = 3000
 
 
-async def _no_lost_update(services: list[Service]) -> None:
+async def _no_lost_update(services: list[ServiceProcess]) -> None:
     rng = random.Random(20240611)
     start = {
         (group, key): rng.choice([1, -1]) * (2**60 + rng.randint(0, 2**40))
@@ -202,11 +164,11 @@ async def _no_lost_update(services: list[Service]) -> None:
                 assert befores == afters, f"{group}/{key}: the replies do not form one serial history"
 
 
-def test_concurrent_increases_over_two_processes_lose_no_update(services: list[Service]) -> None:
+def test_concurrent_increases_over_two_processes_lose_no_update(services: list[ServiceProcess]) -> None:
     asyncio.run(_no_lost_update(services))
 
 
-async def _new_keys_race(services: list[Service], group: str) -> None:
+async def _new_keys_race(services: list[ServiceProcess], group: str) -> None:
     async with _client() as client:
         caller = Caller(services, client)
         reply = await caller.call("create_group", {"Type": "Public", "Name": "n", "GroupId": group})
@@ -242,6 +204,6 @@ async def _new_keys_race(services: list[Service], group: str) -> None:
             assert len(final) == MAX_KEYS, f"{group} holds {len(final)} keys after refusals"
 
 
-def test_racing_requests_adding_new_keys_never_exceed_20_keys(services: list[Service]) -> None:
+def test_racing_requests_adding_new_keys_never_exceed_20_keys(services: list[ServiceProcess]) -> None:
     for round_ in range(5):
         asyncio.run(_new_keys_race(services, f"race-{round_}"))

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,9 +39,8 @@ import httpx2
 import pytest
 import redis
 
-from tests.support import CONFIG, IMPLICIT_APP, free_port, group_key, query
+from tests.support import CONFIG, IMPLICIT_APP, ServiceProcess, free_port, group_key, query
 
-REPO: Final = Path(__file__).resolve().parents[1]
 REDIS_TIMEOUT: Final = 0.5
 ANSWER_BOUND: Final = REDIS_TIMEOUT + 1.0  # every answer while Redis is down or stalled
 CLIENT_TIMEOUT: Final = 3.0  # a call not answered by then hangs
@@ -119,63 +117,34 @@ class DurableRedis:
         return redis.Redis(port=self.port, socket_timeout=timeout)
 
 
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    pid: int
-    base_url: str
-    log: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-def _wait_until_ready(service: Service, seconds: float = 30.0) -> None:
-    deadline = now() + seconds
-    with httpx2.Client(timeout=1.0) as client:
-        while now() < deadline and service.alive():
-            with contextlib.suppress(httpx2.TransportError):
-                if client.get(f"{service.base_url}/readyz").status_code == 200:
-                    return
-            time.sleep(0.05)
-    raise RuntimeError(f"service at {service.base_url} did not become ready; log:\n{service.log.read_text()}")
+def _ready(service: ServiceProcess, client: httpx2.Client) -> bool:
+    try:
+        return client.get(f"{service.base_url}/readyz").status_code == 200
+    except httpx2.TransportError:
+        return False
 
 
 @contextlib.contextmanager
-def running_stack(workdir: Path, *, max_pending: int | None = None) -> Iterator[tuple[DurableRedis, Service]]:
+def running_stack(
+    workdir: Path, *, max_pending: int | None = None
+) -> Iterator[tuple[DurableRedis, ServiceProcess]]:
     """A DurableRedis and one service process on it, both stopped at the end."""
     server = DurableRedis(workdir)
     server.start()
-    process: subprocess.Popen[bytes] | None = None
+    service: ServiceProcess | None = None
     try:
         settings = [f'redis_url = "{server.url}"', f"redis_timeout = {REDIS_TIMEOUT}", 'log_level = "error"']
         if max_pending is not None:
             settings.append(f"redis_max_pending = {max_pending}")
         config = workdir / "config.toml"
         config.write_text(CONFIG.replace('redis_url = "memory://"', "\n".join(settings)), encoding="utf-8")
-        environ = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
-        port = free_port()
-        log = workdir / "service.log"
-        serve_args = ["--host", "127.0.0.1", "--port", str(port), "--config", str(config)]
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service", *serve_args],
-                cwd=REPO,
-                env=environ,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        service = Service(process, process.pid, f"http://127.0.0.1:{port}", log)
-        _wait_until_ready(service)
+        service = ServiceProcess.start(config, log=workdir / "service.log")
+        with httpx2.Client(timeout=1.0) as client:
+            service.wait_until(functools.partial(_ready, service, client))
         yield server, service
     finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if service is not None:
+            service.stop(15)
         server.stop()
 
 
@@ -236,7 +205,7 @@ def _judge(response: httpx2.Response) -> tuple[int, str]:
 
 
 async def drive(
-    service: Service,
+    service: ServiceProcess,
     scenario: Callable[[], Awaitable[None]],
     *,
     workers: int = WORKERS,
@@ -388,7 +357,7 @@ def test_redis_killed_under_load_answers_10002_in_bounded_time_and_recovers_with
         late = [o for o in outcomes if o.started >= up + RECOVERY_BOUND and o.code != OK]
         assert not late, f"{len(late)} calls failed over {RECOVERY_BOUND} s after Redis came back: {late[:3]}"
         assert alive_at_end, "the service process died"
-        assert service.process.pid == service.pid
+        assert service.alive()  # the same process throughout: no restart
         assert httpx2.get(f"{service.base_url}/readyz", timeout=CLIENT_TIMEOUT).status_code == 200
 
         assert_counters_are_the_acknowledged_sums(server, outcomes)

@@ -9,25 +9,32 @@ kubernetes-validate come from the `loadtest` and `dev` extras.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import httpx2
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from tests.support import ADMIN, IMPLICIT_APP, REGISTERED_APP, SECRET_KEYS, RedisServer, free_port
+from tests.support import (
+    ADMIN,
+    IMPLICIT_APP,
+    REGISTERED_APP,
+    SECRET_KEYS,
+    RedisServer,
+    ServiceProcess,
+    free_port,
+)
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 LOCUSTFILE: Final = ROOT / "deploy" / "loadtest" / "locustfile.py"
@@ -48,19 +55,11 @@ groups = "implicit"
 """
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    url = f"http://127.0.0.1:{port}/v4/group_open_http_svc/get_group_counter"
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the service exited at start"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
+def _answers(service: ServiceProcess) -> bool:
+    try:
+        return httpx2.get(f"{service.base_url}/healthz", timeout=1).status_code == 200
+    except httpx2.TransportError:
+        return False
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -89,29 +88,12 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             admin=ADMIN,
         )
     )
-    port = free_port()
-    with (workdir / "service.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--config",
-                str(config),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    service = ServiceProcess.start(config, log=workdir / "service.log")
     try:
-        _wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}"
+        service.wait_until(functools.partial(_answers, service))
+        yield service.base_url
     finally:
-        _stop(process)
+        service.stop()
         redis_server.stop()
 
 

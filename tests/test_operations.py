@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from service.config import Settings
 from service.lifecycle import LIFECYCLE
 from service.logs import JsonFormatter
 from service.store import open_store
-from tests.support import CONFIG, Api, RedisServer, free_port, query
+from tests.support import CONFIG, Api, RedisServer, ServiceProcess, free_port, query
 
 
 def _requests_total(client: TestClient | httpx2.Client) -> dict[tuple[str, str], float]:
@@ -159,60 +158,23 @@ def test_start_warns_when_redis_can_evict_keys(caplog: pytest.LogCaptureFixture)
     assert "REDIS CAN EVICT COUNTERS" in caplog.text
 
 
-def _start_service(config: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    log = (config.parent / f"service-{port}.log").open("wb")
-    with log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--config",
-                str(config),
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_until_answering(client: httpx2.Client, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the service exited at start"
-        try:
-            if client.get("/healthz").status_code == 200:
-                return
-        except httpx2.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("the service did not start")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    process.terminate()
+def _answers_health(client: httpx2.Client) -> bool:
     try:
-        return process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
+        return client.get("/healthz").status_code == 200
+    except httpx2.TransportError:
+        return False
 
 
 def test_metrics_are_correct_across_two_worker_processes(redis_server: RedisServer, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG.replace('redis_url = "memory://"', f'redis_url = "{redis_server.url}"'))
-    port = free_port()
-    process = _start_service(config, port, "--workers", "2")
+    service = ServiceProcess.start(config, "--workers", "2")
     try:
         # A new connection per call, so both workers answer some of them.
         with httpx2.Client(
-            base_url=f"http://127.0.0.1:{port}", limits=httpx2.Limits(max_keepalive_connections=0)
+            base_url=service.base_url, limits=httpx2.Limits(max_keepalive_connections=0)
         ) as client:
-            _wait_until_answering(client, process)
+            service.wait_until(lambda: _answers_health(client))
             for _ in range(40):
                 client.post(
                     "/v4/group_open_http_svc/get_group_counter?" + query(), content=b'{"GroupId": "w"}'
@@ -223,7 +185,7 @@ def test_metrics_are_correct_across_two_worker_processes(redis_server: RedisServ
                 assert time.monotonic() < deadline, _requests_total(client)
                 time.sleep(0.2)
     finally:
-        assert _stop(process) == 0
+        assert service.stop() == 0
 
 
 def test_serves_https_when_given_a_certificate(tmp_path: Path) -> None:
@@ -250,15 +212,14 @@ def test_serves_https_when_given_a_certificate(tmp_path: Path) -> None:
     )
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
-    port = free_port()
-    process = _start_service(config, port, "--tls-cert", str(cert), "--tls-key", str(key))
+    service = ServiceProcess.start(config, "--tls-cert", str(cert), "--tls-key", str(key), tls=True)
     context = ssl.create_default_context(cafile=str(cert))
     try:
-        with httpx2.Client(base_url=f"https://localhost:{port}", verify=context) as client:
-            _wait_until_answering(client, process)
+        with httpx2.Client(base_url=service.base_url, verify=context) as client:
+            service.wait_until(lambda: _answers_health(client))
             reply = client.post(
                 "/v4/group_open_http_svc/get_group_counter?" + query(), content=b'{"GroupId": "x"}'
             )
             assert reply.json()["ErrorCode"] == 10010
     finally:
-        assert _stop(process) == 0
+        assert service.stop() == 0
