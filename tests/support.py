@@ -304,6 +304,17 @@ class Api:
         assert reply["ErrorCode"] == 0, reply
         return {item["Key"]: item["Value"] for item in reply["GroupCounter"]}
 
+    def assert_fails(
+        self, command: str, body: Any, code: int, *, raw: bytes | None = None, sdkappid: int = REGISTERED_APP
+    ) -> dict[str, Any]:
+        """The call fails with `code` and the store is exactly as before."""
+        before = self.state()
+        reply = self.call(command, body, raw=raw, sdkappid=sdkappid)
+        assert reply["ErrorCode"] == code, reply
+        assert reply["ActionStatus"] == "FAIL"
+        assert self.state() == before
+        return reply
+
     def state(self) -> dict[Any, Any]:
         """Everything in the store, to assert that a failed call changed nothing."""
         return {key: self._value(key) for key in sorted(self.inspector.keys("*"))}
@@ -313,6 +324,11 @@ class Api:
         if self.inspector.type(key) == b"string":
             return self.inspector.get(key)
         return self.inspector.hgetall(key)
+
+
+def assert_ok(reply: dict[str, Any]) -> dict[str, Any]:
+    assert reply["ErrorCode"] == 0, reply
+    return reply
 
 
 def _json(body: Any) -> bytes:

@@ -6,7 +6,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.support import Api
+from tests.support import Api, assert_ok
 
 GROUP: Final = "g"
 COMMAND: Final = "get_group_counter"
@@ -31,17 +31,7 @@ BYTE_ORDER: Final = ["0", "A", "B", "Z", "_", "a", "aa", "z", "\u00e9", "\u4e2d"
 
 
 def assert_fails(api: Api, request: Any, code: int) -> dict[str, Any]:
-    """The call fails with `code` and the store is exactly as before."""
-    before = api.state()
-    reply = api.call(COMMAND, request)
-    assert reply["ErrorCode"] == code, reply
-    assert api.state() == before
-    return reply
-
-
-def assert_ok(reply: dict[str, Any]) -> dict[str, Any]:
-    assert reply["ErrorCode"] == 0, reply
-    return reply
+    return api.assert_fails(COMMAND, request, code)
 
 
 def get_body(keys: Any) -> dict[str, Any]:

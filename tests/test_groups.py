@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.support import IMPLICIT_APP, OTHER_APP, REGISTERED_APP, Api, group_key
+from tests.support import IMPLICIT_APP, OTHER_APP, REGISTERED_APP, Api, assert_ok, group_key
 
 GROUP_TYPES: Final = ["Private", "Work", "Public", "ChatRoom", "Meeting", "AVChatRoom", "Community"]
 NON_COMMUNITY_TYPES: Final = [t for t in GROUP_TYPES if t != "Community"]
@@ -40,17 +40,7 @@ def request_for(command: str, group_id: Any, **fields: Any) -> dict[str, Any]:
 def assert_fails(
     api: Api, command: str, request: Any, code: int, *, sdkappid: int = REGISTERED_APP
 ) -> dict[str, Any]:
-    """The call fails with `code` and the store is exactly as before."""
-    before = api.state()
-    reply = api.call(command, request, sdkappid=sdkappid)
-    assert reply["ErrorCode"] == code, reply
-    assert api.state() == before
-    return reply
-
-
-def assert_ok(reply: dict[str, Any]) -> dict[str, Any]:
-    assert reply["ErrorCode"] == 0, reply
-    return reply
+    return api.assert_fails(command, request, code, sdkappid=sdkappid)
 
 
 @pytest.fixture

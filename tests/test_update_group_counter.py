@@ -6,7 +6,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.support import Api
+from tests.support import Api, assert_ok
 
 INT64_MAX: Final = 2**63 - 1
 INT64_MIN: Final = -(2**63)
@@ -26,18 +26,7 @@ def items(counters: dict[str, int]) -> list[dict[str, Any]]:
 
 
 def assert_fails(api: Api, request: Any, code: int, *, raw: bytes | None = None) -> dict[str, Any]:
-    """The call fails with `code` and the store is exactly as before."""
-    before = api.state()
-    reply = api.call(COMMAND, request, raw=raw)
-    assert reply["ErrorCode"] == code, reply
-    assert reply["ActionStatus"] == "FAIL"
-    assert api.state() == before
-    return reply
-
-
-def assert_ok(reply: dict[str, Any]) -> dict[str, Any]:
-    assert reply["ErrorCode"] == 0, reply
-    return reply
+    return api.assert_fails(COMMAND, request, code, raw=raw)
 
 
 @pytest.fixture
