@@ -47,8 +47,16 @@ if ARGV[3] ~= "" then
   end
 end
 
+local keys, amounts = {}, {}
+for i = 5, #ARGV, 2 do
+  keys[#keys + 1] = ARGV[i]
+  amounts[#amounts + 1] = ARGV[i + 1]
+end
+
+-- One read for the group's metadata and every Key's old value.
 local group = KEYS[1]
-local meta = redis.call("HGET", group, META)
+local old = redis.call("HMGET", group, META, unpack(keys))
+local meta = table.remove(old, 1)
 if ARGV[1] == "1" and not meta then return {10010} end
 if meta == "Community" then return {10007} end
 
@@ -79,12 +87,6 @@ local function add(a, b)
   return sign .. string.format("%.0f%09.0f", hi, lo)
 end
 
-local keys, amounts = {}, {}
-for i = 5, #ARGV, 2 do
-  keys[#keys + 1] = ARGV[i]
-  amounts[#amounts + 1] = ARGV[i + 1]
-end
-local old = redis.call("HMGET", group, unpack(keys))
 
 local new, added = {}, 0
 for i = 1, #keys do
@@ -97,8 +99,10 @@ for i = 1, #keys do
   end
 end
 
-local held = redis.call("HLEN", group) - (meta and 1 or 0) + added
-if held > MAX_KEYS then return {10063, held} end
+if added > 0 then -- only a new Key can break the limit
+  local held = redis.call("HLEN", group) - (meta and 1 or 0) + added
+  if held > MAX_KEYS then return {10063, held} end
+end
 
 local fields = {}
 for i = 1, #keys do
