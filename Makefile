@@ -46,7 +46,7 @@ test: $(STAMP) redis-server lint
 
 .PHONY: test-slow  ## The long property-based runs too
 test-slow: $(STAMP) redis-server
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow --timeout 1200
 
 .PHONY: help  ## This list
 help:
