@@ -57,9 +57,6 @@ class DestroyGroup(msgspec.Struct, rename="pascal"):
     group_id: str
 
 
-Request = UpdateGroupCounter | GetGroupCounter | DeleteGroupCounter | CreateGroup | DestroyGroup
-
-
 # Replies ----------------------------------------------------------------------------
 
 
