@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 .PHONY: install  ## Create .venv and install the service with its dev tools
 install: $(STAMP)
 
-.PHONY: redis-server  ## Make sure redis-server, wrk and node (the benchmark's) exist (apt-get install when root)
+.PHONY: redis-server  ## Make sure redis-server, wrk, node and openssl exist (apt-get install when root)
 redis-server:
-	@{ command -v redis-server && command -v wrk && command -v node; } >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs >/dev/null; \
-	  else echo "redis-server, wrk or node is missing: sudo apt-get install redis-server wrk nodejs" >&2; exit 1; fi; }
+	@{ command -v redis-server && command -v wrk && command -v node && command -v openssl; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl >/dev/null; \
+	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl" >&2; exit 1; fi; }
 
 .PHONY: run  ## Serve the API on $(HOST):$(PORT) with the embedded store and the dev config
 run: $(STAMP)
