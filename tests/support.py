@@ -70,43 +70,46 @@ def free_port() -> int:
         return port
 
 
+def redis_server_args(port: int) -> list[str]:
+    """What every test redis-server shares: loopback only, DEBUG allowed from localhost."""
+    return ["--port", str(port), "--bind", "127.0.0.1", "--enable-debug-command", "local"]
+
+
+NOTHING_ON_DISK: Final = ("--save", "", "--appendonly", "no")
+
+
 @dataclass
 class RedisServer:
-    """A redis-server process of our own on a free loopback port; nothing on disk."""
+    """A redis-server process of our own on a free loopback port; nothing on disk unless
+    `persistence` says otherwise (e.g. an fsync-always AOF, to survive a SIGKILL)."""
 
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="redis-test-")))
+    persistence: tuple[str, ...] = NOTHING_ON_DISK
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Start, on `port` if set (a restart keeps its port), else on a free one."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
                 "redis-server is not installed: run `make redis-server` (apt-get install redis-server)"
             )
-        for _ in range(5):
-            self.port = self.port or free_port()
+        # A port we picked may be taken in between: pick again. A given port is kept or we fail.
+        choose_port = self.port == 0
+        for _ in range(5 if choose_port else 1):
+            if choose_port:
+                self.port = free_port()
             self.process = subprocess.Popen(
                 [
                     binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--enable-debug-command",
-                    "local",
-                    "--dir",
-                    str(self.workdir),
-                    "--logfile",
-                    str(self.workdir / "redis.log"),
+                    *redis_server_args(self.port),
+                    *self.persistence,
+                    *("--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -114,8 +117,16 @@ class RedisServer:
             if self._wait_ready():
                 return self
             self.stop()
-            self.port = 0
-        raise RuntimeError("redis-server did not start; see its log in " + str(self.workdir))
+        raise RuntimeError(f"redis-server did not start on port {self.port}; see its log in {self.workdir}")
+
+    def client(self, timeout: float = 10.0) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown save, connections dropped at once."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
 
     def _wait_ready(self, seconds: float = 10.0) -> bool:
         deadline = time.monotonic() + seconds

@@ -25,9 +25,6 @@ import contextlib
 import functools
 import json
 import random
-import shutil
-import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,9 +34,8 @@ from typing import Any, Final
 
 import httpx2
 import pytest
-import redis
 
-from tests.support import CONFIG, IMPLICIT_APP, ServiceProcess, free_port, group_key, query
+from tests.support import CONFIG, IMPLICIT_APP, RedisServer, ServiceProcess, group_key, query
 
 REDIS_TIMEOUT: Final = 0.5
 ANSWER_BOUND: Final = REDIS_TIMEOUT + 1.0  # every answer while Redis is down or stalled
@@ -59,62 +55,11 @@ now = time.monotonic
 # Processes ---------------------------------------------------------------------------------
 
 
-class DurableRedis:
-    """A redis-server with an fsync-always append-only file; it can be SIGKILLed and restarted."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start on `self.port` (the same one on a restart) and return once it answers PING."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed: run `make redis-server`")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "yes", "--appendfsync", "always"),
-                *("--enable-debug-command", "local"),
-                *("--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client(timeout=0.5)
-        try:
-            deadline = now() + 10.0
-            while now() < deadline and self.process.poll() is None:
-                with contextlib.suppress(redis.RedisError):
-                    if client.ping():
-                        return
-                time.sleep(0.01)
-        finally:
-            client.close()
-        raise RuntimeError(f"redis-server did not start on {self.port}; see {self.workdir / 'redis.log'}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def client(self, timeout: float = 10.0) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=timeout)
+def durable_redis(workdir: Path) -> RedisServer:
+    """A redis-server with an fsync-always append-only file: it survives a SIGKILL and restart."""
+    return RedisServer(
+        workdir=workdir, persistence=("--save", "", "--appendonly", "yes", "--appendfsync", "always")
+    )
 
 
 def _ready(service: ServiceProcess, client: httpx2.Client) -> bool:
@@ -127,9 +72,9 @@ def _ready(service: ServiceProcess, client: httpx2.Client) -> bool:
 @contextlib.contextmanager
 def running_stack(
     workdir: Path, *, max_pending: int | None = None
-) -> Iterator[tuple[DurableRedis, ServiceProcess]]:
-    """A DurableRedis and one service process on it, both stopped at the end."""
-    server = DurableRedis(workdir)
+) -> Iterator[tuple[RedisServer, ServiceProcess]]:
+    """A durable_redis and one service process on it, both stopped at the end."""
+    server = durable_redis(workdir)
     server.start()
     service: ServiceProcess | None = None
     try:
@@ -279,7 +224,7 @@ def assert_every_call_answered_ok_or_10002(outcomes: list[Outcome]) -> None:
     assert not wrong, f"{len(wrong)} calls answered neither 0 nor 10002, e.g. {wrong[:3]}"
 
 
-def assert_counters_are_the_acknowledged_sums(server: DurableRedis, outcomes: list[Outcome]) -> None:
+def assert_counters_are_the_acknowledged_sums(server: RedisServer, outcomes: list[Outcome]) -> None:
     """a == b == c in every group, and acked <= value <= acked + unknown (== acked with no failure)."""
     acknowledged: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
@@ -374,7 +319,7 @@ def test_redis_killed_under_load_answers_10002_in_bounded_time_and_recovers_with
 # Script cache ------------------------------------------------------------------------------
 
 
-def _eval_calls(server: DurableRedis) -> int:
+def _eval_calls(server: RedisServer) -> int:
     client = server.client()
     try:
         stats: dict[str, Any] = client.info("commandstats")
@@ -452,7 +397,7 @@ def test_redis_restarted_with_an_empty_script_cache_fails_no_call_after_the_firs
 # Slow Redis ------------------------------------------------------------------------------------
 
 
-async def _stall(server: DurableRedis, seconds: int, marks: dict[str, float]) -> None:
+async def _stall(server: RedisServer, seconds: int, marks: dict[str, float]) -> None:
     """DEBUG SLEEP from a client of our own: Redis answers nobody meanwhile."""
     client = server.client(timeout=seconds + 10.0)
     try:
@@ -463,7 +408,7 @@ async def _stall(server: DurableRedis, seconds: int, marks: dict[str, float]) ->
         client.close()
 
 
-def _service_connections(server: DurableRedis) -> int:
+def _service_connections(server: RedisServer) -> int:
     """Clients of this Redis other than the one asking (the service's connections)."""
     client = server.client()
     try:
@@ -574,7 +519,7 @@ def test_stalled_redis_past_max_pending_refuses_calls_at_once_instead_of_queuein
 @pytest.mark.parametrize("deltas", [[5, 5, 5], [5, 5, 6]])
 def test_the_exactness_check_catches_a_partial_or_lost_update(tmp_path: Path, deltas: list[int]) -> None:
     """The check above can fail: a hash with a != b is caught, as is a value below the acknowledged sum."""
-    server = DurableRedis(tmp_path)
+    server = durable_redis(tmp_path)
     server.start()
     try:
         client = server.client()

@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from tests.support import free_port
+from tests.support import NOTHING_ON_DISK, free_port, redis_server_args
 
 CLUSTER_BUS_OFFSET = 10_000
 MASTER_NAME = "countermaster"
@@ -103,21 +103,6 @@ class Process:
         self.process = None
 
 
-def _server_args(port: int) -> list[str]:
-    return [
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--enable-debug-command",
-        "local",
-    ]
-
-
 @dataclass
 class Cluster:
     """Three masters, no replicas, slots split evenly by `redis-cli --cluster create`."""
@@ -147,7 +132,8 @@ class Cluster:
                 ports.append(port)
         for port in ports:
             args = [
-                *_server_args(port),
+                *redis_server_args(port),
+                *NOTHING_ON_DISK,
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -223,7 +209,8 @@ class SentinelSetup:
         # As advised to operators: a master that lost its replica refuses writes, so a
         # demoted master cannot take (and later drop) writes during a failover.
         master_args = [
-            *_server_args(master_port),
+            *redis_server_args(master_port),
+            *NOTHING_ON_DISK,
             "--min-replicas-to-write",
             "1",
             "--min-replicas-max-lag",
@@ -233,7 +220,13 @@ class SentinelSetup:
         ]
         self.master = Process(master_port, master_args, self.root / "master").start()
         self.master.wait_ready()
-        replica_args = [*_server_args(replica_port), "--replicaof", "127.0.0.1", str(master_port)]
+        replica_args = [
+            *redis_server_args(replica_port),
+            *NOTHING_ON_DISK,
+            "--replicaof",
+            "127.0.0.1",
+            str(master_port),
+        ]
         self.replica = Process(replica_port, replica_args, self.root / "replica").start()
         self.replica.wait_ready()
         sentinel_dir = self.root / "sentinel"
