@@ -117,14 +117,12 @@ def _fingerprint(command: str, args: Sequence[scripts.ScriptArg]) -> str:
     return digest.hexdigest()
 
 
-def _idempotency(
-    call: Call, command: str, group_id: str, args: Sequence[scripts.ScriptArg]
-) -> tuple[str, str]:
-    """KEYS[3] and ARGV[3] of a script that can record its outcome: the record and the fingerprint."""
+def _idempotency(call: Call, command: str, group: str, args: Sequence[scripts.ScriptArg]) -> tuple[str, str]:
+    """KEYS[3] and ARGV[3] of a script that can record its outcome: the record and the
+    fingerprint; without an Idempotency-Key, the group's key again and no fingerprint."""
     if call.idempotency_key is None:
-        return group_key(call.app.sdkappid, group_id), ""
-    record = idempotency_key(call.app.sdkappid, group_id, call.idempotency_key)
-    return record, _fingerprint(command, args)
+        return group, ""
+    return idempotency_key(group, call.idempotency_key), _fingerprint(command, args)
 
 
 async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes:
@@ -141,12 +139,9 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
         # A Decrease is an add of the negated Value; -(-2**63) is one past int64,
         # which the script's limb arithmetic handles and a Redis HINCRBY could not.
         pairs += (key, -item.value if mode == "Decrease" else item.value)
-    record, fingerprint = _idempotency(call, "update_group_counter", group_id, [operation, *pairs])
-    reply = await call.run(
-        scripts.UPDATE_COUNTERS,
-        [group_key(call.app.sdkappid, group_id), record],
-        [fingerprint, operation, *pairs],
-    )
+    group = group_key(call.app.sdkappid, group_id)
+    record, fingerprint = _idempotency(call, "update_group_counter", group, [operation, *pairs])
+    reply = await call.run(scripts.UPDATE_COUNTERS, [group, record], [fingerprint, operation, *pairs])
     _raise_for(reply, group_id)
 
     counters = [
@@ -181,10 +176,9 @@ async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes
     check_item_count(len(keys), "GroupCounterKeys")
     _check_implicit_community(call.app, group_id)
 
-    record, fingerprint = _idempotency(call, "delete_group_counter", group_id, keys)
-    reply = await call.run(
-        scripts.DELETE_COUNTERS, [group_key(call.app.sdkappid, group_id), record], [fingerprint, *keys]
-    )
+    group = group_key(call.app.sdkappid, group_id)
+    record, fingerprint = _idempotency(call, "delete_group_counter", group, keys)
+    reply = await call.run(scripts.DELETE_COUNTERS, [group, record], [fingerprint, *keys])
     _raise_for(reply, group_id)
     return _OK
 

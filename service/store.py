@@ -48,9 +48,10 @@ def group_key(sdkappid: int, group_id: str) -> str:
     return f"{{{sdkappid}:{group_id}}}"
 
 
-def idempotency_key(sdkappid: int, group_id: str, key: str) -> str:
-    """In the group's slot, so the script that updates the group can write it."""
-    return f"{group_key(sdkappid, group_id)}:idempotency:{key}"
+def idempotency_key(group: str, key: str) -> str:
+    """The record of an Idempotency-Key, after the group's key (`group_key`): in the
+    group's slot, so the script that updates the group can write it."""
+    return f"{group}:idempotency:{key}"
 
 
 def rate_limit_key(sdkappid: int) -> str:
