@@ -12,9 +12,7 @@ import argparse
 import os
 import sys
 import tempfile
-from typing import Final
-
-from starlette.routing import Router
+from typing import TYPE_CHECKING, Final
 
 from service.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
@@ -22,11 +20,14 @@ from service.lifecycle import exit_zero_after_graceful_shutdown
 from service.logs import setup_logging
 from service.store import EMBEDDED_URL
 
+if TYPE_CHECKING:
+    from service.app import CommandFirst
+
 CONFIG_ENV: Final = "SERVICE_CONFIG"
 SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example")
 
 
-def app_from_env() -> Router:
+def app_from_env() -> CommandFirst:
     """uvicorn's factory: each worker process loads the config named in the environment."""
     from service.app import create_app
 

@@ -39,7 +39,26 @@ async def unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
     )
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Router:
+class CommandFirst:
+    """Commands straight to their endpoint; every other path through Starlette's router.
+
+    A command path is one fixed prefix and a name: a prefix test and a dict lookup
+    find it, where the router would try each route's regex and build a child scope
+    on every call (a tenth of a call's cost in our process, measured).
+    """
+
+    def __init__(self, commands: CommandEndpoint, router: Router) -> None:
+        self.commands = commands
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(COMMAND_PREFIX):
+            await self.commands(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+
+def create_app(settings: Settings, store: Store | None = None) -> CommandFirst:
     """The ASGI app; without `store`, one is made from `settings.redis_url`."""
     config = settings.config
     store = store or open_store(
@@ -70,12 +89,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Router:
     # A bare Router rather than Starlette(): the app's error and exception middlewares
     # wrap every call (one builds a Request per call) and would never fire, because
     # the command endpoint answers every failure itself, as a value.
-    return Router(
+    router = Router(
         routes=[
             # No `methods`: a Route whose path matches but whose method does not makes
-            # Starlette answer a plain 405 itself; the endpoint answers 60009 instead, and
-            # the probes answer any method.
-            Route(COMMAND_PREFIX + "{command}", CommandEndpoint(settings, store)),
+            # Starlette answer a plain 405 itself; the probes answer any method.
             Route("/healthz", healthz),
             Route("/readyz", readiness.check),
             Route("/metrics", metrics_endpoint),
@@ -84,3 +101,4 @@ def create_app(settings: Settings, store: Store | None = None) -> Router:
         redirect_slashes=False,  # a 307 is not an answer the wire contract knows
         lifespan=lifespan,
     )
+    return CommandFirst(CommandEndpoint(settings, store, COMMAND_PREFIX), router)

@@ -66,7 +66,8 @@ def _idempotency_key(scope: Scope) -> str | None:
 
 
 class CommandEndpoint:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, prefix: str) -> None:
+        self.prefix_length = len(prefix)
         self.store = store
         self.access = Access(settings.apps, cache_size=settings.config.usersig_cache_size)
         self.max_body_bytes = settings.config.max_body_bytes
@@ -74,7 +75,7 @@ class CommandEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        name: str = scope["path_params"]["command"]
+        name: str = scope["path"][self.prefix_length :]
         command = COMMANDS.get(name)
         sdkappid: int | None = None
         group_id: str | None = None

@@ -70,6 +70,10 @@ def seeded(api: Api) -> Api:
         "/",
         "/v4/group_open_http_svc/",
         "/v4/group_open_http_svc/Update_Group_Counter",
+        "/v4/group_open_http_svc/update_group_counter/",
+        "/v4/group_open_http_svc/update_group_counter/extra",
+        "/v4/group_open_http_svc//update_group_counter",
+        "/v4/group_open_http_svcupdate_group_counter",
     ],
 )
 def test_unknown_command_path_is_60009_with_http_200(seeded: Api, path: str) -> None:
