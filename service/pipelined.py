@@ -7,6 +7,13 @@ its command (hiredis, in C), appends it to a buffer and a FIFO of futures, and t
 first call of a tick schedules one flush at the end of that tick. Replies come back
 in order; hiredis parses them and each resolves the next future.
 
+A batch is also written as soon as it holds `max_batch` commands. Under load one tick
+can start a call on every client connection at once; sent as one batch at the end of
+the tick, all of them would sit in Redis together while this process, with nothing
+left to do, waits (a tenth of its time, measured with 64 clients). Written in slices,
+Redis works on the first while the process prepares the next, and replies come back
+while it still has work.
+
 Timeouts cost one timer per flush, not per call. A call that times out answers
 `TimeoutError`; its reply, if it ever comes, is matched to its (already failed)
 future, so the FIFO stays aligned. A lost connection fails everything in flight
@@ -94,11 +101,13 @@ class PipelinedConnection:
         *,
         timeout: float,
         max_pending: int = 10_000,
+        max_batch: int = 32,
         on_flush: Callable[[int], None] | None = None,
     ) -> None:
         self.endpoint = Endpoint(url)
         self.timeout = timeout
         self.max_pending = max_pending
+        self.max_batch = max_batch
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,13 +132,19 @@ class PipelinedConnection:
         self.waiting.append(future)
         self._batch.append(future)
         self._buffer.append(packed)
-        if not self._flush_scheduled:
+        if len(self._buffer) >= self.max_batch:
+            self._write()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._buffer:
+            self._write()
+
+    def _write(self) -> None:
         batch, self._batch = self._batch, []
         payload, self._buffer = b"".join(self._buffer), []
         if self._transport is None:

@@ -56,27 +56,37 @@ def silent_server() -> Iterator[int]:
     listener.close()
 
 
-def test_commands_of_one_tick_go_out_in_one_write(redis_server: RedisServer) -> None:
-    async def scenario() -> tuple[list[Any], int]:
-        connection = PipelinedConnection(redis_server.url, timeout=2.0)
+def _batches_written(url: str, calls: int, max_batch: int) -> tuple[list[Any], list[int]]:
+    """`calls` ECHOs started in one tick: their replies, and the size of each write."""
+    batches: list[int] = []
+
+    async def scenario() -> list[Any]:
+        connection = PipelinedConnection(url, timeout=2.0, max_batch=max_batch, on_flush=batches.append)
         await connection.execute("PING")  # connected
-        assert connection._transport is not None
-        writes = 0
-        write = connection._transport.write
-
-        def counting_write(data: Any) -> None:
-            nonlocal writes
-            writes += 1
-            write(data)
-
-        connection._transport.write = counting_write  # type: ignore[method-assign]
-        replies = await asyncio.gather(*(connection.execute("ECHO", str(n)) for n in range(200)))
+        batches.clear()
+        replies = await asyncio.gather(*(connection.execute("ECHO", str(n)) for n in range(calls)))
         connection.close()
-        return replies, writes
+        return replies
 
-    replies, writes = asyncio.run(scenario())
+    return asyncio.run(scenario()), batches
+
+
+def test_commands_of_one_tick_go_out_in_one_write(redis_server: RedisServer) -> None:
+    replies, batches = _batches_written(redis_server.url, calls=30, max_batch=32)
+    assert replies == [str(n).encode() for n in range(30)]
+    assert batches == [30]
+
+
+def test_a_batch_is_written_once_it_holds_max_batch_commands(redis_server: RedisServer) -> None:
+    replies, batches = _batches_written(redis_server.url, calls=200, max_batch=64)
     assert replies == [str(n).encode() for n in range(200)]
-    assert writes == 1
+    assert batches == [64, 64, 64, 8]
+
+
+def test_a_tick_that_fills_whole_batches_schedules_no_empty_write(redis_server: RedisServer) -> None:
+    replies, batches = _batches_written(redis_server.url, calls=64, max_batch=32)
+    assert replies == [str(n).encode() for n in range(64)]
+    assert batches == [32, 32]
 
 
 def test_replies_and_errors_resolve_their_own_calls_in_order(redis_server: RedisServer) -> None:
