@@ -6,9 +6,8 @@ checks run in the spec's order: 70002, 70003, 70014, 70013, 70009, 70001.
 
 Verifying costs a base64 decode, an inflate, a JSON decode and an HMAC; a load test
 sends the same usersig thousands of times, so a verified usersig is cached. The
-cache is keyed by a digest (the usersig itself is never kept) and holds only what
-was proven, so the expiry check still runs on every call: an expired usersig
-never passes.
+cache is keyed by the usersig and holds only what was proven, so the expiry check
+still runs on every call: an expired usersig never passes.
 """
 
 from __future__ import annotations
@@ -94,7 +93,7 @@ class UsersigVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret_keys = secret_keys
-        self._cache: dict[bytes, _Proven] = {}
+        self._cache: dict[str, _Proven] = {}
         self._cache_size = cache_size
         self._clock = clock
 
@@ -102,14 +101,13 @@ class UsersigVerifier:
         """Raise the first failing check's error; return when the usersig expires (Unix time)."""
         if not usersig:
             raise ServiceError(ErrorCode.USERSIG_MISSING, "usersig is missing or empty")
-        digest = hashlib.blake2b(usersig.encode(), digest_size=16).digest()
-        proven = self._cache.get(digest)
+        proven = self._cache.get(usersig)
         if proven is None:
             proven = self._prove(usersig, sdkappid, identifier)
             if len(self._cache) >= self._cache_size:
                 # Dicts keep insertion order: dropping the oldest bounds memory simply.
                 del self._cache[next(iter(self._cache))]
-            self._cache[digest] = proven
+            self._cache[usersig] = proven
         else:
             self._check_claims(proven.sdkappid, proven.identifier, sdkappid, identifier)
         if self._clock() > proven.expires_at:
