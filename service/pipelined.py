@@ -40,9 +40,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 _SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
 
-def _pack(command: tuple[Any, ...]) -> bytes:
-    packed: bytes = hiredis.pack_command(command)
-    return packed
+# RESP encoding of one command, in C.
+_pack: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
 
 
 class Endpoint:
