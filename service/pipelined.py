@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import ssl
 from collections.abc import Callable
 from typing import Any, Final
@@ -76,10 +77,13 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        waiting = self._connection.waiting
+        connection = self._connection
+        waiting = connection.waiting
+        answered = 0
         try:
             while (reply := self._reader.gets()) is not False:
                 future = waiting.popleft()
+                answered += 1
                 if future.done():
                     continue  # timed out earlier; its reply still keeps the FIFO aligned
                 if isinstance(reply, hiredis.ReplyError):
@@ -87,7 +91,9 @@ class _Protocol(asyncio.Protocol):
                 else:
                     future.set_result(reply)
         except hiredis.ProtocolError as exc:
-            self._connection.fail(RedisConnectionError(f"redis protocol error: {exc}"))
+            connection.fail(RedisConnectionError(f"redis protocol error: {exc}"))
+        else:
+            connection.answered += answered
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
@@ -112,7 +118,10 @@ class PipelinedConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._buffer: list[bytes] = []
-        self._batch: list[asyncio.Future[Any]] = []
+        # Commands written and replies read over the life of this object (across
+        # reconnects): a write's timer needs only the first number, not its futures.
+        self.written = 0
+        self.answered = 0
         self._flush_scheduled = False
         self._on_flush = on_flush  # told how many commands each write carried
 
@@ -129,7 +138,6 @@ class PipelinedConnection:
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(future)
-        self._batch.append(future)
         self._buffer.append(packed)
         if len(self._buffer) >= self.max_batch:
             self._write()
@@ -144,18 +152,27 @@ class PipelinedConnection:
             self._write()
 
     def _write(self) -> None:
-        batch, self._batch = self._batch, []
+        count = len(self._buffer)
         payload, self._buffer = b"".join(self._buffer), []
         if self._transport is None:
             return  # fail() already failed these futures
         self._transport.write(payload)
+        self.written += count
         if self._on_flush is not None:
-            self._on_flush(len(batch))
+            self._on_flush(count)
         assert self._loop is not None
-        self._loop.call_later(self.timeout, self._expire, batch)
+        # The timer holds a number, not the futures: holding 1 s worth of futures and
+        # their replies kept ~20k objects per second alive for the garbage collector
+        # to walk, in pauses of 5 to 20 ms under load.
+        self._loop.call_later(self.timeout, self._expire, self.written)
 
-    def _expire(self, batch: list[asyncio.Future[Any]]) -> None:
-        for future in batch:
+    def _expire(self, written: int) -> None:
+        """Fail the calls, up to command number `written`, that still have no reply.
+
+        Replies come in order, so the calls still waiting from that write and any
+        earlier one are the first `written - answered` entries of `waiting`."""
+        overdue = written - self.answered
+        for future in itertools.islice(self.waiting, max(overdue, 0)):
             if not future.done():
                 future.set_exception(RedisTimeoutError(f"redis did not answer within {self.timeout} s"))
 
@@ -210,7 +227,7 @@ class PipelinedConnection:
             if not future.done():
                 future.set_exception(error)
         self._buffer.clear()
-        self._batch.clear()
+        self.answered = self.written
 
     def close(self) -> None:
         self.fail(RedisConnectionError("connection closed"))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -138,6 +141,41 @@ def test_a_stalled_redis_answers_timeout_within_the_bound(silent_server: int) ->
     error, elapsed = asyncio.run(scenario())
     assert isinstance(error, RedisTimeoutError)
     assert 0.25 <= elapsed < 1.0
+
+
+def test_every_write_of_a_stalled_redis_times_out_and_later_writes_still_wait(silent_server: int) -> None:
+    async def scenario() -> tuple[list[Any], list[bool]]:
+        connection = PipelinedConnection(f"redis://127.0.0.1:{silent_server}/0", timeout=0.3, max_batch=2)
+        first = asyncio.gather(*(connection.execute("PING") for _ in range(5)), return_exceptions=True)
+        await asyncio.sleep(0.15)
+        later = [asyncio.ensure_future(connection.execute("PING")) for _ in range(2)]
+        results = await first  # three writes (2, 2, 1), all past their timeout
+        pending = [call.done() for call in later]  # written 0.15 s after: not yet due
+        await asyncio.gather(*later, return_exceptions=True)
+        connection.close()
+        return results, pending
+
+    results, pending = asyncio.run(scenario())
+    assert all(isinstance(result, RedisTimeoutError) for result in results)
+    assert pending == [False, False]
+
+
+def test_answered_calls_are_not_kept_alive_until_their_timeout(redis_server: RedisServer) -> None:
+    async def scenario() -> list[Any]:
+        connection = PipelinedConnection(redis_server.url, timeout=30.0)
+        await connection.execute("PING")
+        futures = [connection._send(hiredis.pack_command(("ECHO", str(n)))) for n in range(50)]
+        done, _ = await asyncio.wait(futures)
+        assert len(done) == 50
+        del done
+        refs = [weakref.ref(future) for future in futures]
+        del futures
+        gc.collect()
+        alive = [ref() for ref in refs]  # while the writes' 30 s timers are still pending
+        connection.close()
+        return alive
+
+    assert asyncio.run(scenario()) == [None] * 50
 
 
 def test_calls_past_max_pending_fail_at_once(silent_server: int) -> None:
