@@ -11,14 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.pipelined import PipelinedConnection
+from service.pipelined import PipelinedConnection, _pack
 from service.store import GET_COUNTERS, PipelinedTransport
 from tests.support import RedisServer, free_port
 
@@ -164,7 +163,7 @@ def test_answered_calls_are_not_kept_alive_until_their_timeout(redis_server: Red
     async def scenario() -> list[Any]:
         connection = PipelinedConnection(redis_server.url, timeout=30.0)
         await connection.execute("PING")
-        futures = [connection._send(hiredis.pack_command(("ECHO", str(n)))) for n in range(50)]
+        futures = [connection._send(_pack(("ECHO", str(n)))) for n in range(50)]
         done, _ = await asyncio.wait(futures)
         assert len(done) == 50
         del done
