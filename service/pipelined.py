@@ -1,4 +1,4 @@
-"""One Redis connection that coalesces every command of an event-loop tick into one write.
+"""One Redis connection that coalesces the commands of an event-loop tick into few writes.
 
 redis-py spends most of a call on its own machinery (pool checkout, retry wrapper,
 packing, parsing) and pays a socket write and a read per call. Redis itself answers
