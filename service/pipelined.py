@@ -77,13 +77,10 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        connection = self._connection
-        waiting = connection.waiting
-        answered = 0
+        waiting = self._connection.waiting
         try:
             while (reply := self._reader.gets()) is not False:
                 future = waiting.popleft()
-                answered += 1
                 if future.done():
                     continue  # timed out earlier; its reply still keeps the FIFO aligned
                 if isinstance(reply, hiredis.ReplyError):
@@ -91,9 +88,7 @@ class _Protocol(asyncio.Protocol):
                 else:
                     future.set_result(reply)
         except hiredis.ProtocolError as exc:
-            connection.fail(RedisConnectionError(f"redis protocol error: {exc}"))
-        else:
-            connection.answered += answered
+            self._connection.fail(RedisConnectionError(f"redis protocol error: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
@@ -118,10 +113,9 @@ class PipelinedConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._buffer: list[bytes] = []
-        # Commands written and replies read over the life of this object (across
-        # reconnects): a write's timer needs only the first number, not its futures.
+        # Commands written over the life of this object (across reconnects): a write's
+        # timer needs only this number, not its futures.
         self.written = 0
-        self.answered = 0
         self._flush_scheduled = False
         self._on_flush = on_flush  # told how many commands each write carried
 
@@ -169,9 +163,11 @@ class PipelinedConnection:
     def _expire(self, written: int) -> None:
         """Fail the calls, up to command number `written`, that still have no reply.
 
-        Replies come in order, so the calls still waiting from that write and any
-        earlier one are the first `written - answered` entries of `waiting`."""
-        overdue = written - self.answered
+        `waiting` holds, in order, the written calls without a reply and then the
+        buffered ones; the last `self.written - written` written calls came after
+        that write, so the overdue ones are the first of the rest."""
+        unanswered = len(self.waiting) - len(self._buffer)
+        overdue = unanswered - (self.written - written)
         for future in itertools.islice(self.waiting, max(overdue, 0)):
             if not future.done():
                 future.set_exception(RedisTimeoutError(f"redis did not answer within {self.timeout} s"))
@@ -227,7 +223,6 @@ class PipelinedConnection:
             if not future.done():
                 future.set_exception(error)
         self._buffer.clear()
-        self.answered = self.written
 
     def close(self) -> None:
         self.fail(RedisConnectionError("connection closed"))
