@@ -70,6 +70,18 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[Any], seconds: float) -> int:
+    """SIGTERM, then SIGKILL after `seconds`; the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def redis_server_args(port: int) -> list[str]:
     """What every test redis-server shares: loopback only, DEBUG allowed from localhost."""
     return ["--port", str(port), "--bind", "127.0.0.1", "--enable-debug-command", "local"]
@@ -144,13 +156,8 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 10)
         self.process = None
 
 
@@ -214,14 +221,7 @@ class ServiceProcess:
 
     def stop(self, seconds: float = 20.0) -> int:
         """SIGTERM, then SIGKILL after `seconds`; the exit code."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(seconds)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, seconds)
 
 
 def usersig_for(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **kwargs: Any) -> str:

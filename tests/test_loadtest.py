@@ -34,6 +34,7 @@ from tests.support import (
     RedisServer,
     ServiceProcess,
     free_port,
+    stop_process,
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -60,16 +61,6 @@ def _answers(service: ServiceProcess) -> bool:
         return httpx2.get(f"{service.base_url}/healthz", timeout=1).status_code == 200
     except httpx2.TransportError:
         return False
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +172,7 @@ def _locust(
             try:
                 worker.wait(15)
             except subprocess.TimeoutExpired:
-                _stop(worker)
+                stop_process(worker, 10)
     return LoadtestRun(finished.returncode, finished.stdout + finished.stderr, results)
 
 

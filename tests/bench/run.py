@@ -58,7 +58,7 @@ import httpx2
 import redis
 
 from service.auth import mint_usersig
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, free_port, stop_process
 
 SDKAPPID: Final = 1400000000
 SECRET_KEY: Final = "bench-secret-key-not-for-production"
@@ -222,13 +222,8 @@ class Server:
         raise BenchError(f"{self.name} did not answer on port {self.port}; its log ends:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 15)
         self.process = None
 
 
