@@ -162,9 +162,7 @@ class RedisPyTransport:
         await self.client.ping()
 
     async def config_value(self, name: str) -> str:
-        reply: dict[Any, Any] = await self.client.config_get(name)
-        value = reply.get(name.encode(), reply.get(name, b""))
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return await topology.config_value(self.client, name)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -175,6 +175,13 @@ class _Gate:
         self._slots.release()
 
 
+async def config_value(client: Any, name: str) -> str:
+    """One CONFIG GET through a redis-py client (keys come back as str or bytes)."""
+    reply: dict[Any, Any] = await client.config_get(name)
+    value = reply.get(name.encode(), reply.get(name, b""))
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 async def _eval(client: Any, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
     """EVALSHA; on NOSCRIPT (nothing ran) one EVAL of the same key, which caches the script."""
     try:
@@ -403,9 +410,7 @@ class SentinelTransport:
         await self.client.ping()
 
     async def config_value(self, name: str) -> str:
-        reply: dict[Any, Any] = await self.client.config_get(name)
-        value = reply.get(name.encode(), reply.get(name, b""))
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return await config_value(self.client, name)
 
     async def close(self) -> None:
         if self._watcher is not None:
