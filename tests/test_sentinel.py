@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -96,3 +97,22 @@ def test_the_service_carries_on_after_a_sentinel_failover(
             b"b": b"7",
         }
         assert old_master.exists(group_key(REGISTERED_APP, "after")) == 0
+
+
+def test_the_eviction_warning_reads_the_masters_config_through_the_sentinels(
+    sentinel_setup: SentinelSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert sentinel_setup.master is not None
+    with sentinel_setup.master.client() as master:
+        master.config_set("maxmemory-policy", "allkeys-lru")
+
+    async def check() -> str:
+        store = open_store(sentinel_setup.url, timeout=1.0)
+        try:
+            await store.warn_if_unsafe()
+            return await store.transport.config_value("maxmemory-policy")
+        finally:
+            await store.close()
+
+    assert asyncio.run(check()) == "allkeys-lru"
+    assert "REDIS CAN EVICT COUNTERS" in caplog.text
