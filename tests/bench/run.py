@@ -1096,12 +1096,12 @@ def throughput_phase(
     for round_number in range(1, options.rounds + 1):
         # Each round is a pair run back to back, in alternating order, so that a machine
         # drifting faster or slower during the run favours neither app.
-        if round_number % 2:
-            ceiling_run = run_wrk(ceiling.port, options.duration, usersig, options.groups, cpus.load)
-            service_run = run_wrk(service.port, options.duration, usersig, options.groups, cpus.load)
-        else:
-            service_run = run_wrk(service.port, options.duration, usersig, options.groups, cpus.load)
-            ceiling_run = run_wrk(ceiling.port, options.duration, usersig, options.groups, cpus.load)
+        order = (ceiling, service) if round_number % 2 else (service, ceiling)
+        runs = {
+            server.port: run_wrk(server.port, options.duration, usersig, options.groups, cpus.load)
+            for server in order
+        }
+        ceiling_run, service_run = runs[ceiling.port], runs[service.port]
         ledger.add(service_run.acked, service_run.unanswered)
         ceiling_runs.append(ceiling_run)
         service_runs.append(service_run)
