@@ -8,7 +8,6 @@ import socket
 import threading
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,41 +240,36 @@ def test_nothing_listening_is_a_connection_error(silent_server: int) -> None:
     assert isinstance(asyncio.run(scenario()), RedisConnectionError)
 
 
-def test_password_and_database_from_the_url_are_used(tmp_path: Path) -> None:
-    server = RedisServer()
-    server.start()
-    try:
-        admin = redis.Redis(port=server.port)
-        admin.config_set("requirepass", "s3cret")
-        admin.close()
-
-        async def scenario() -> None:
-            connection = PipelinedConnection(f"redis://:s3cret@127.0.0.1:{server.port}/2", timeout=2.0)
-            await connection.execute("SET", "in-db-2", "yes")
-            connection.close()
-
-        asyncio.run(scenario())
-        assert redis.Redis(port=server.port, password="s3cret", db=2).get("in-db-2") == b"yes"
-        assert redis.Redis(port=server.port, password="s3cret", db=0).get("in-db-2") is None
-    finally:
-        server.stop()
+@pytest.fixture
+def password_redis() -> Iterator[RedisServer]:
+    """A redis-server of our own that requires the password `s3cret`."""
+    server = RedisServer().start()
+    admin = redis.Redis(port=server.port)
+    admin.config_set("requirepass", "s3cret")
+    admin.close()
+    yield server
+    server.stop()
 
 
-def test_a_wrong_password_is_an_error_not_a_hang(tmp_path: Path) -> None:
-    server = RedisServer()
-    server.start()
-    try:
-        admin = redis.Redis(port=server.port)
-        admin.config_set("requirepass", "s3cret")
-        admin.close()
+def test_password_and_database_from_the_url_are_used(password_redis: RedisServer) -> None:
+    port = password_redis.port
 
-        async def scenario() -> BaseException | Any:
-            connection = PipelinedConnection(f"redis://:wrong@127.0.0.1:{server.port}/0", timeout=2.0)
-            result = await asyncio.gather(connection.execute("PING"), return_exceptions=True)
-            connection.close()
-            return result[0]
+    async def scenario() -> None:
+        connection = PipelinedConnection(f"redis://:s3cret@127.0.0.1:{port}/2", timeout=2.0)
+        await connection.execute("SET", "in-db-2", "yes")
+        connection.close()
 
-        error = asyncio.run(scenario())
-        assert isinstance(error, ResponseError)
-    finally:
-        server.stop()
+    asyncio.run(scenario())
+    assert redis.Redis(port=port, password="s3cret", db=2).get("in-db-2") == b"yes"
+    assert redis.Redis(port=port, password="s3cret", db=0).get("in-db-2") is None
+
+
+def test_a_wrong_password_is_an_error_not_a_hang(password_redis: RedisServer) -> None:
+    async def scenario() -> BaseException | Any:
+        connection = PipelinedConnection(f"redis://:wrong@127.0.0.1:{password_redis.port}/0", timeout=2.0)
+        result = await asyncio.gather(connection.execute("PING"), return_exceptions=True)
+        connection.close()
+        return result[0]
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, ResponseError)
