@@ -14,11 +14,12 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from service import store as scripts
+from service import scripts
 from service.call import Call
 from service.config import App
 from service.errors import ErrorCode, ServiceError
-from service.store import group_key, idempotency_key
+from service.keys import group_key, idempotency_key
+from service.scripts import ScriptArg, ScriptCall, ScriptReply
 from service.validate import (
     COMMUNITY_PREFIX,
     GENERATED_PREFIX,
@@ -86,7 +87,7 @@ def _check_implicit_community(app: App, group_id: str) -> None:
         )
 
 
-def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
+def _raise_for(reply: ScriptReply, group_id: str) -> None:
     code = reply[0]
     if code == 0:
         return
@@ -109,7 +110,7 @@ def _raise_for(reply: scripts.ScriptReply, group_id: str) -> None:
     raise ServiceError(ErrorCode(code), info)
 
 
-def _fingerprint(command: str, args: Sequence[scripts.ScriptArg]) -> str:
+def _fingerprint(command: str, args: Sequence[ScriptArg]) -> str:
     """What an Idempotency-Key promises: the same command with the same arguments."""
     digest = hashlib.blake2b(command.encode(), digest_size=16)
     for arg in args:
@@ -117,7 +118,7 @@ def _fingerprint(command: str, args: Sequence[scripts.ScriptArg]) -> str:
     return digest.hexdigest()
 
 
-def _idempotency(call: Call, command: str, group: str, args: Sequence[scripts.ScriptArg]) -> tuple[str, str]:
+def _idempotency(call: Call, command: str, group: str, args: Sequence[ScriptArg]) -> tuple[str, str]:
     """KEYS[3] and ARGV[3] of a script that can record its outcome: the record and the
     fingerprint; without an Idempotency-Key, the group's key again and no fingerprint."""
     if call.idempotency_key is None:
@@ -134,14 +135,21 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
 
     mode = request.mode or "Set"
     operation = "set" if mode == "Set" else "add"
-    pairs: list[scripts.ScriptArg] = []
+    pairs: list[ScriptArg] = []
     for key, item in zip(keys, items, strict=True):
         # A Decrease is an add of the negated Value; -(-2**63) is one past int64,
         # which the script's limb arithmetic handles and a Redis HINCRBY could not.
         pairs += (key, -item.value if mode == "Decrease" else item.value)
     group = group_key(call.app.sdkappid, group_id)
     record, fingerprint = _idempotency(call, "update_group_counter", group, [operation, *pairs])
-    reply = await call.run(scripts.UPDATE_COUNTERS, [group, record], [fingerprint, operation, *pairs])
+    window, limit = call.limit.in_script(group)
+    reply = await call.run(
+        ScriptCall(
+            scripts.UPDATE_COUNTERS,
+            [group, window, record],
+            [call.registered, limit, fingerprint, operation, *pairs],
+        )
+    )
     _raise_for(reply, group_id)
 
     counters = [
@@ -157,7 +165,9 @@ async def get_group_counter(call: Call, request: GetGroupCounter) -> bytes:
     check_item_count(len(keys), "GroupCounterKeys")
     _check_implicit_community(call.app, group_id)
 
-    reply = await call.run(scripts.GET_COUNTERS, [group_key(call.app.sdkappid, group_id)], keys)
+    group = group_key(call.app.sdkappid, group_id)
+    window, limit = call.limit.in_script(group)
+    reply = await call.run(ScriptCall(scripts.GET_COUNTERS, [group, window], [call.registered, limit, *keys]))
     _raise_for(reply, group_id)
 
     values = reply[1:]
@@ -178,7 +188,12 @@ async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes
 
     group = group_key(call.app.sdkappid, group_id)
     record, fingerprint = _idempotency(call, "delete_group_counter", group, keys)
-    reply = await call.run(scripts.DELETE_COUNTERS, [group, record], [fingerprint, *keys])
+    window, limit = call.limit.in_script(group)
+    reply = await call.run(
+        ScriptCall(
+            scripts.DELETE_COUNTERS, [group, window, record], [call.registered, limit, fingerprint, *keys]
+        )
+    )
     _raise_for(reply, group_id)
     return _OK
 
@@ -199,10 +214,13 @@ async def create_group(call: Call, request: CreateGroup) -> bytes:
     if call.app.implicit_groups:
         # Every well-formed GroupId already exists in implicit mode: nothing to store,
         # but the call still counts against the app's rate limit.
-        await call.count_against_limit()
+        await call.limit.count_alone()
         return encoder.encode(CreateGroupReply(group_id=group_id))
     for _ in range(_CREATE_ATTEMPTS):
-        reply = await call.run(scripts.CREATE_GROUP, [group_key(call.app.sdkappid, group_id)], [request.type])
+        group = group_key(call.app.sdkappid, group_id)
+        window, limit = call.limit.in_script(group)
+        # ARGV[1] is "1" here whatever the app's mode: implicit mode never gets here.
+        reply = await call.run(ScriptCall(scripts.CREATE_GROUP, [group, window], ["1", limit, request.type]))
         if reply[0] != ErrorCode.GROUP_ID_TAKEN or request.group_id is not None:
             break
         group_id = _generated_group_id(community)  # a collision in 62**10 IDs: draw again
@@ -212,7 +230,9 @@ async def create_group(call: Call, request: CreateGroup) -> bytes:
 
 async def destroy_group(call: Call, request: DestroyGroup) -> bytes:
     group_id = check_group_id(request.group_id)
-    reply = await call.run(scripts.DESTROY_GROUP, [group_key(call.app.sdkappid, group_id)], [])
+    group = group_key(call.app.sdkappid, group_id)
+    window, limit = call.limit.in_script(group)
+    reply = await call.run(ScriptCall(scripts.DESTROY_GROUP, [group, window], [call.registered, limit]))
     _raise_for(reply, group_id)
     return _OK
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from service import topology
+from service import urls
 
 GroupMode = Literal["registered", "implicit"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -102,14 +102,10 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             rate_limit=app.rate_limit,
         )
     redis_url = env.get("REDIS_URL") or config.redis_url
-    schemes = ("redis://", "rediss://", "unix://", "memory://", *topology.SCHEMES)
-    if not redis_url.startswith(schemes):
-        raise ConfigError(f"redis_url {redis_url!r}: expected {', '.join(schemes[:-1])} or {schemes[-1]}")
-    if topology.supports(redis_url):
-        try:
-            topology.parse_url(redis_url)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        urls.parse(redis_url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Settings(config=config, apps=apps, redis_url=redis_url)
 
 

@@ -90,8 +90,7 @@ class CommandEndpoint:
             app = self.access.authorize(scope["query_string"])
             sdkappid = app.sdkappid
             call = Call(self.store, app, _idempotency_key(scope))
-            if not self.store.limiter_shares_call:
-                await call.count_against_limit()  # its window is in another slot: before the body
+            await call.limit.before_body()
             try:
                 request = command.decode(await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)
@@ -100,7 +99,7 @@ class CommandEndpoint:
             except ServiceError:
                 # The limit is checked before the body: a call refused before its script
                 # ran still counts, and over the limit it answers 60007 instead.
-                await call.count_against_limit()
+                await call.limit.count_alone()
                 raise
         except ServiceError as exc:
             code = exc.code

@@ -24,7 +24,8 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.store import UPDATE_COUNTERS, Script, Store, open_store
+from service.scripts import UPDATE_COUNTERS, Script, ScriptCall
+from service.store import Store, open_store
 from tests.support import REGISTERED_APP, Api, group_key
 from tests.topologies import Cluster, Process, wait_for
 
@@ -180,14 +181,14 @@ def test_concurrent_calls_during_a_migration_all_follow_ask_and_moved(cluster: C
     warm = [f"{{{tag}}}:{n}" for n in range(40)]
 
     async def burst(store: Store, keys: list[str]) -> list[object]:
-        calls = (store.transport.run_script(script, [key], []) for key in keys)
+        calls = (store.transport.run_script(ScriptCall(script, [key], [])) for key in keys)
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
     async def one_by_one(store: Store) -> list[object]:
         replies: list[object] = []
         for key in in_slot:
             try:
-                replies.append(await store.transport.run_script(script, [key], []))
+                replies.append(await store.transport.run_script(ScriptCall(script, [key], [])))
             except RedisError as exc:
                 replies.append(exc)
         return replies

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -21,15 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import service.commands
-import service.store
-from service.store import RATE_LIMIT, SCRIPTS, UPDATE_COUNTERS, Script, ScriptArg, ScriptReply, Store
+import service.scripts
+from service.scripts import RATE_LIMIT, SCRIPTS, UPDATE_COUNTERS, Script, ScriptArg, ScriptCall, ScriptReply
+from service.store import Store
 from tests.support import IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
-# Call.run adds KEYS[2] and ARGV[1..2] to every command script.
-SHARED_KEYS: Final = 1
-SHARED_ARGV: Final = 2
 LUA_DIR: Final = Path(__file__).resolve().parents[1] / "lua"
 COMMANDS_SOURCE: Final = Path(service.commands.__file__).read_text(encoding="utf-8")
 SCRIPT_IDS: Final = [script.name for script in SCRIPTS]
@@ -61,7 +59,7 @@ def parse_header(script: Script) -> Header:
 
 
 def _script_named(attribute: str) -> Script:
-    script = getattr(service.store, attribute)
+    script = getattr(service.scripts, attribute)
     assert isinstance(script, Script), f"scripts.{attribute} is not a Script"
     return script
 
@@ -104,23 +102,19 @@ def test_every_lua_file_is_registered_in_scripts() -> None:
     assert sorted(names) == files, f"lua/ holds {files}, SCRIPTS registers {sorted(names)}"
 
 
-def _run_calls() -> list[ast.Call]:
-    """Every `call.run(scripts.X, ...)` call in service/commands.py.
-
-    `Call.run` (service/call.py) adds KEYS[2] (the rate-limit window) and ARGV[1..2]
-    (group mode, rate limit) that every command script shares; the commands pass the rest.
-    """
-    calls = []
-    for node in ast.walk(ast.parse(COMMANDS_SOURCE)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run":
-            calls.append(node)
-    return calls
+def _script_calls(source: str) -> list[ast.Call]:
+    """Every `ScriptCall(scripts.X, [KEYS...], [ARGV...])` a module builds."""
+    return [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "ScriptCall"
+    ]
 
 
 def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> None:
     called: set[str] = set()
-    for call in _run_calls():
-        assert len(call.args) == 3, f"line {call.lineno}: store.run takes (script, keys, args)"
+    for call in _script_calls(COMMANDS_SOURCE):
+        assert len(call.args) == 3, f"line {call.lineno}: ScriptCall takes (script, keys, args)"
         target, keys, args = call.args
         assert isinstance(target, ast.Attribute), f"line {call.lineno}: the script is not scripts.<NAME>"
         script = _script_named(target.attr)
@@ -128,17 +122,15 @@ def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> 
         header = parse_header(script)
         assert isinstance(keys, ast.List), f"line {call.lineno}: KEYS should be a list literal"
         assert not any(isinstance(e, ast.Starred) for e in keys.elts), f"line {call.lineno}: starred KEYS"
-        assert len(keys.elts) + SHARED_KEYS == script.keys == len(header.keys), (
+        assert len(keys.elts) == script.keys == len(header.keys), (
             f"line {call.lineno}: {script.name} called with {len(keys.elts)} KEYS"
         )
-        if isinstance(args, ast.List):  # a literal: its fixed part must match the header
-            fixed = [e for e in args.elts if not isinstance(e, ast.Starred)]
-            variadic = len(fixed) != len(args.elts)
-            assert len(fixed) + SHARED_ARGV == len(header.argv), (
-                f"line {call.lineno}: {script.name} fixed ARGV"
-            )
-            assert variadic == (header.argv_rest is not None), f"line {call.lineno}: {script.name} ARGV tail"
-    # rate_limit runs on its own, from service/call.py, not from a command.
+        assert isinstance(args, ast.List), f"line {call.lineno}: ARGV should be a list literal"
+        fixed = [e for e in args.elts if not isinstance(e, ast.Starred)]
+        variadic = len(fixed) != len(args.elts)
+        assert len(fixed) == len(header.argv), f"line {call.lineno}: {script.name} fixed ARGV"
+        assert variadic == (header.argv_rest is not None), f"line {call.lineno}: {script.name} ARGV tail"
+    # rate_limit runs on its own, from service/rate_limit.py, not from a command.
     expected = {script.name for script in SCRIPTS} - {RATE_LIMIT.name}
     assert called == expected, f"scripts never called: {called ^ expected}"
 
@@ -149,9 +141,9 @@ def test_every_command_calls_its_script_with_the_argv_count_the_header_documents
     seen: list[tuple[Script, list[str], list[ScriptArg]]] = []
     original = Store.run
 
-    async def spy(self: Store, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> ScriptReply:
-        seen.append((script, list(keys), list(args)))
-        return await original(self, script, keys, args)
+    async def spy(self: Store, call: ScriptCall) -> ScriptReply:
+        seen.append((call.script, list(call.keys), list(call.args)))
+        return await original(self, call)
 
     monkeypatch.setattr(Store, "run", spy)
     api.create("g")

@@ -16,8 +16,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.pipelined import PipelinedConnection, _pack
-from service.store import GET_COUNTERS, PipelinedTransport
+from service.scripts import GET_COUNTERS, ScriptCall
+from service.transports.connection import PipelinedConnection, _pack
+from service.transports.pipelined import PipelinedTransport
 from tests.support import RedisServer, free_port
 
 
@@ -118,7 +119,8 @@ def test_a_flushed_script_cache_is_reloaded_without_failing_the_call(redis_serve
 
     async def scenario() -> Any:
         transport = PipelinedTransport(redis_server.url, timeout=2.0, max_pending=100)
-        reply = await transport.run_script(GET_COUNTERS, ["{pipelined:g}", "{pipelined:g}"], ["0", "0"])
+        call = ScriptCall(GET_COUNTERS, ["{pipelined:g}", "{pipelined:g}"], ["0", "0"])
+        reply = await transport.run_script(call)
         await transport.close()
         return reply
 

@@ -1,0 +1,183 @@
+"""redis+cluster:// and rediss+cluster:// over redis-py's asyncio cluster client.
+
+redis-py keeps the slot map and a connection pool per node, with one connection per
+call in flight (so a reply cannot reach another call); nothing sends a script call
+twice once it may have run: every Retry is `no_retry()`, and script calls do not go
+through `RedisCluster.execute_command` (which retries ConnectionError and TimeoutError)
+but through `ClusterTransport._call`. At most `_MAX_CONNECTIONS` calls run at once per
+node; the rest wait for a turn within the timeout, and beyond `max_pending` waiting
+calls answer 10002 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Any, Final
+
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
+
+from service.scripts import ScriptArg, ScriptCall, ScriptReply
+from service.transports.base import Gate, is_connection_fault, no_retry, run_with_reload
+from service.urls import RedisUrl
+
+log = logging.getLogger("service.transports.cluster")
+
+# Calls in flight at once, hence connections per node.
+_MAX_CONNECTIONS: Final = 128
+
+
+class ClusterTransport:
+    """redis+cluster:// and rediss+cluster:// over redis-py's asyncio cluster client.
+
+    redis-py keeps the slot map and a connection pool per node; the routing of a script
+    call is done here, so that what is retried is exactly what did not run:
+
+    - MOVED: the slot map learns the new owner and the call goes there.
+    - ASK (a slot half migrated): ASKING and the call go to the named node in one write
+      on one connection. (redis-py's own ASK handling sends ASKING and the command on
+      whichever pooled connections come first, which under load bounces until it
+      gives up.)
+    - TRYAGAIN (a multi-key command during a migration; not ours today): a short pause.
+    - NOSCRIPT: one EVAL of the same script on the same key (`run_with_reload`).
+    - A broken connection, a timeout, CLUSTERDOWN, READONLY, LOADING, MASTERDOWN:
+      raised (10002). The next call first refreshes the slot map from the cluster.
+    """
+
+    # The group's hash and the app's rate-limit window hash to different slots.
+    cross_slot_scripts = False
+
+    _REDIRECTS: Final = 16
+
+    def __init__(self, url: RedisUrl, *, timeout: float, max_pending: int) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.tls:
+            kwargs["ssl"] = True
+            kwargs["ssl_ca_certs"] = url.ssl_ca_certs
+            if not url.verify_certificates:
+                kwargs["ssl_cert_reqs"] = "none"
+                kwargs["ssl_check_hostname"] = False
+        self.client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+            username=url.username,
+            password=url.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Its own commands (PING, CONFIG GET, the slot map) are not retried either.
+            retry=no_retry(),
+            # Never close every connection (calls in flight with them) after N MOVEDs.
+            reinitialize_steps=0,
+            max_connections=_MAX_CONNECTIONS,
+            **kwargs,
+        )
+        self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
+        self._stale = True
+        self._refreshing = asyncio.Lock()
+
+    async def _slot_map(self) -> Any:
+        """The nodes manager, its slot map refreshed first when a call failed since."""
+        if self._stale:
+            async with self._refreshing:
+                if self._stale:
+                    try:
+                        if self.client.get_default_node() is None:
+                            await self.client.initialize()
+                        else:
+                            # Keeps the nodes' pools; connections in use reconnect after their call.
+                            await self.client.nodes_manager.initialize()
+                    except RedisClusterException as exc:  # not a RedisError
+                        raise ClusterError(f"cannot read the cluster's slot map: {exc}") from exc
+                    self._stale = False
+        return self.client.nodes_manager
+
+    async def run_script(self, call: ScriptCall) -> ScriptReply:
+        async with self._gate:
+            # NOSCRIPT's EVAL goes to the same key, hence the node that owns its slot.
+            return await run_with_reload(partial(self._call, call.keys[0]), call)
+
+    async def _call(self, key: str, *command: ScriptArg) -> Any:
+        nodes = await self._slot_map()
+        slot = self.client.keyslot(key)
+        try:
+            node: ClusterNode | None = nodes.get_node_from_slot(slot)
+        except RedisClusterException as exc:
+            self._stale = True
+            raise ClusterError(str(exc)) from exc
+        asking = False
+        for _ in range(self._REDIRECTS):
+            assert node is not None
+            try:
+                if asking:
+                    return await self._asking(node, command)
+                return await node.execute_command(*command)
+            except MovedError as exc:  # did not run: the slot has a new owner
+                await nodes.move_slot(exc)
+                node, asking = nodes.get_node_from_slot(slot), False
+            except AskError as exc:  # did not run: this key is on the importing node
+                node, asking = nodes.get_node(host=exc.host, port=exc.port), True
+                if node is None:
+                    self._stale = True
+                    raise ClusterError(f"ASK to a node not in the slot map: {exc.host}:{exc.port}") from exc
+            except TryAgainError:  # did not run
+                await asyncio.sleep(0.05)
+            except RedisError as exc:
+                if not (is_connection_fault(exc) or isinstance(exc, ClusterDownError)):
+                    raise
+                # May have run: raised, never retried. Drop this node's connections
+                # and read the slot map again before the next call.
+                node.update_active_connections_for_reconnect()
+                await node.disconnect_free_connections()
+                self._stale = True
+                raise
+        raise ClusterError(f"more than {self._REDIRECTS} MOVED/ASK redirects for slot {slot}")
+
+    @staticmethod
+    async def _asking(node: ClusterNode, command: tuple[ScriptArg, ...]) -> Any:
+        """ASKING and the command on one connection, in one write."""
+        asking, call = PipelineCommand(0, "ASKING"), PipelineCommand(1, *command)
+        await node.execute_pipeline([asking, call])
+        for result in (asking.result, call.result):
+            if isinstance(result, Exception):
+                raise result
+        return call.result
+
+    async def _primaries(self) -> list[ClusterNode]:
+        await self._slot_map()
+        return sorted(self.client.get_primaries(), key=lambda node: node.name)
+
+    async def ping(self) -> None:
+        """Every primary answers."""
+        for node in await self._primaries():
+            try:
+                await node.execute_command("PING")
+            except RedisError as exc:
+                if is_connection_fault(exc):
+                    self._stale = True
+                raise
+
+    async def config_value(self, name: str) -> str:
+        """The primaries' value; where they differ, each is logged and the first returned."""
+        values: dict[str, str] = {}
+        for node in await self._primaries():
+            reply = await node.execute_command("CONFIG", "GET", name)
+            if isinstance(reply, dict):
+                value = next(iter(reply.values()), b"")
+            else:
+                value = reply[1] if len(reply) == 2 else b""
+            values[node.name] = value.decode() if isinstance(value, bytes) else str(value)
+        if len(set(values.values())) > 1:
+            log.warning("the cluster's primaries disagree on %s: %s", name, values)
+        return next(iter(values.values()), "")
+
+    async def close(self) -> None:
+        await self.client.aclose()

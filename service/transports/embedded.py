@@ -1,0 +1,34 @@
+"""memory://: the same scripts on fakeredis inside the process (Lua 5.1, as in Redis),
+for a first run with no Redis. Also any redis-py client a test hands the store."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from service.scripts import ScriptCall, ScriptReply
+from service.transports.base import config_value, run_with_reload
+
+
+class RedisPyTransport:
+    cross_slot_scripts = True
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def run_script(self, call: ScriptCall) -> ScriptReply:
+        return await run_with_reload(self.client.execute_command, call)
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def config_value(self, name: str) -> str:
+        return await config_value(self.client, name)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def embedded_client() -> aioredis.Redis:
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())

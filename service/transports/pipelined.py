@@ -1,0 +1,38 @@
+"""redis://, rediss:// and unix:// through one coalescing connection (the fast path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from service.scripts import ScriptCall, ScriptReply
+from service.transports.base import run_with_reload
+from service.transports.connection import PipelinedConnection
+
+
+class PipelinedTransport:
+    cross_slot_scripts = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        max_pending: int,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
+        self.connection = PipelinedConnection(
+            url, timeout=timeout, max_pending=max_pending, on_flush=on_flush
+        )
+
+    async def run_script(self, call: ScriptCall) -> ScriptReply:
+        return await run_with_reload(self.connection.execute, call)
+
+    async def ping(self) -> None:
+        await self.connection.execute("PING")
+
+    async def config_value(self, name: str) -> str:
+        reply = await self.connection.execute("CONFIG", "GET", name)
+        return reply[1].decode() if len(reply) == 2 else ""
+
+    async def close(self) -> None:
+        self.connection.close()

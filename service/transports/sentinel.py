@@ -1,0 +1,124 @@
+"""redis+sentinel://: the master the sentinels name, rediscovered after a failover.
+
+redis-py's Sentinel pool asks the sentinels for the master on each new connection,
+with one connection per call in flight (so a reply cannot reach another call). A
+connection still talking to a demoted master gets READONLY, which redis-py turns into
+a ConnectionError and a disconnect. What redis-py lacks is added here: a watcher that
+asks the sentinels every `_WATCH_SECONDS`, and at once after a connection fault
+(READONLY, LOADING, MASTERDOWN, a reset, a timeout), and moves every connection to
+the new master when the answer changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError
+
+from service.scripts import ScriptCall, ScriptReply
+from service.transports.base import Gate, config_value, is_connection_fault, no_retry, run_with_reload
+from service.urls import RedisUrl
+
+log = logging.getLogger("service.transports.sentinel")
+
+# Calls in flight at once, hence connections to the master.
+_MAX_CONNECTIONS: Final = 128
+# How often the sentinels are asked which node is master.
+_WATCH_SECONDS: Final = 0.5
+
+
+class SentinelTransport:
+    cross_slot_scripts = True  # one master holds every key
+
+    def __init__(self, url: RedisUrl, *, timeout: float, max_pending: int) -> None:
+        socket_kwargs: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "socket_keepalive": True,
+            "retry": no_retry(),
+        }
+        self.master_name = url.master
+        # (redis-py's Sentinel has no annotations.)
+        self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            url.hosts, sentinel_kwargs=dict(socket_kwargs)
+        )
+        self.client: aioredis.Redis = self.sentinel.master_for(
+            url.master,
+            username=url.username,
+            password=url.password,
+            db=url.db,
+            **socket_kwargs,
+        )
+        self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
+        self._watcher: asyncio.Task[None] | None = None
+        self._ask_now = asyncio.Event()
+
+    def _watch_master(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._follow_master())
+
+    async def _follow_master(self) -> None:
+        """When the sentinels name another master, drop every connection (a call in
+        flight answers 10002) so the next call goes to the new master. redis-py alone
+        only asks on a new connection, and a demoted master keeps taking writes until
+        the sentinels reconfigure it: writes it then loses."""
+        known: Any = None
+        while True:
+            try:
+                address = await self.sentinel.discover_master(self.master_name)
+            except RedisError as exc:
+                log.debug("sentinels did not name the master of %s: %s", self.master_name, exc)
+            else:
+                if known is not None and address != known:
+                    log.warning(
+                        "sentinels name a new master for %s: %s (was %s); reconnecting",
+                        self.master_name,
+                        address,
+                        known,
+                    )
+                    await self.client.connection_pool.disconnect(inuse_connections=True)
+                known = address
+            self._ask_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_WATCH_SECONDS):
+                    await self._ask_now.wait()
+
+    async def _faulted(self, exc: RedisError) -> None:
+        if is_connection_fault(exc):
+            # Idle connections may lead to the same sick server: drop them, ask again.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+            self._ask_now.set()
+
+    async def run_script(self, call: ScriptCall) -> ScriptReply:
+        self._watch_master()
+        async with self._gate:
+            try:
+                return await run_with_reload(self.client.execute_command, call)
+            except RedisError as exc:
+                await self._faulted(exc)
+                raise
+
+    async def ping(self) -> None:
+        self._watch_master()
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            await self._faulted(exc)
+            raise
+
+    async def config_value(self, name: str) -> str:
+        return await config_value(self.client, name)
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.client.aclose()
+        for sentinel in self.sentinel.sentinels:
+            await sentinel.aclose()
