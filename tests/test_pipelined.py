@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import itertools
 import socket
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,9 +20,79 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import GET_COUNTERS, ScriptCall
-from service.transports.connection import PipelinedConnection, _pack
+from service.transports.connection import PipelinedConnection
 from service.transports.pipelined import PipelinedTransport
+from service.urls import parse
 from tests.support import RedisServer, free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted_redis(*handlers: Handler) -> AsyncIterator[int]:
+    """A fake Redis on a free port: its n-th connection is served by handlers[n] (the
+    last one serves the rest). Runs in the test's own event loop."""
+    connections = itertools.count()
+    serving: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        serving[writer] = task
+        handler = handlers[min(next(connections), len(handlers) - 1)]
+        try:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                await handler(reader, writer)
+        finally:
+            writer.transport.abort()
+            serving.pop(writer, None)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in list(serving):
+            writer.transport.abort()
+        await asyncio.gather(*serving.values(), return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _commands(reader: asyncio.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The RESP commands a client sends, one by one."""
+    parser = hiredis.Reader()
+    while data := await reader.read(65536):
+        parser.feed(data)
+        while (command := parser.gets()) is not False:
+            yield command
+
+
+async def pong_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers the connection's handshake PING, then never answers again (a dead peer)."""
+    async for _ in _commands(reader):
+        writer.write(b"+PONG\r\n")
+        break
+    await reader.read()  # until the client gives up on us
+
+
+def echo_server(*, after: int = 0, then: bytes = b"") -> Handler:
+    """A Redis that answers PING and ECHO; after `after` commands it sends `then` instead
+    of the reply (an error line, say) and closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        async for command in _commands(reader):
+            if then and served == after:
+                writer.write(then)
+                await writer.drain()
+                return
+            served += 1
+            if command[0].upper() == b"PING":
+                writer.write(b"+PONG\r\n")
+            else:
+                writer.write(b"$%d\r\n%s\r\n" % (len(command[1]), command[1]))
+
+    return handler
 
 
 @pytest.fixture
@@ -118,7 +191,7 @@ def test_a_flushed_script_cache_is_reloaded_without_failing_the_call(redis_serve
     redis.Redis.from_url(redis_server.url).script_flush()
 
     async def scenario() -> Any:
-        transport = PipelinedTransport(redis_server.url, timeout=2.0, max_pending=100)
+        transport = PipelinedTransport(parse(redis_server.url), timeout=2.0, max_pending=100)
         call = ScriptCall(GET_COUNTERS, ["{pipelined:g}", "{pipelined:g}"], ["0", "0"])
         reply = await transport.run_script(call)
         await transport.close()
@@ -143,28 +216,51 @@ def test_a_stalled_redis_answers_timeout_within_the_bound(silent_server: int) ->
     assert 0.25 <= elapsed < 1.0
 
 
-def test_every_write_of_a_stalled_redis_times_out_and_later_writes_still_wait(silent_server: int) -> None:
-    async def scenario() -> tuple[list[Any], list[bool]]:
-        connection = PipelinedConnection(f"redis://127.0.0.1:{silent_server}/0", timeout=0.3, max_batch=2)
-        first = asyncio.gather(*(connection.execute("PING") for _ in range(5)), return_exceptions=True)
-        await asyncio.sleep(0.15)
-        later = [asyncio.ensure_future(connection.execute("PING")) for _ in range(2)]
-        results = await first  # three writes (2, 2, 1), all past their timeout
-        pending = [call.done() for call in later]  # written 0.15 s after: not yet due
-        await asyncio.gather(*later, return_exceptions=True)
-        connection.close()
-        return results, pending
+def test_replies_overdue_past_the_timeout_drop_the_connection_and_the_next_call_reconnects() -> None:
+    async def scenario() -> tuple[list[Any], Any, int]:
+        async with scripted_redis(pong_then_silent) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=0.3, max_batch=2)
+            first = await asyncio.gather(
+                *(connection.execute("PING") for _ in range(5)), return_exceptions=True
+            )
+            # The silent link is gone: the next call opens a new one, it does not queue behind.
+            again = (await asyncio.gather(connection.execute("PING"), return_exceptions=True))[0]
+            connection.close()
+            return first, again, connection.connects
 
-    results, pending = asyncio.run(scenario())
-    assert all(isinstance(result, RedisTimeoutError) for result in results)
-    assert pending == [False, False]
+    first, again, connects = asyncio.run(scenario())
+    assert all(isinstance(result, RedisTimeoutError | RedisConnectionError) for result in first)
+    assert isinstance(first[0], RedisTimeoutError)
+    assert isinstance(again, RedisTimeoutError)
+    assert connects == 2
+
+
+def test_a_dead_peer_never_fills_max_pending() -> None:
+    """Calls one after another to a peer that stopped answering each time out on their
+    own: none is refused because lost calls piled up on a kept socket."""
+
+    async def scenario() -> list[Any]:
+        async with scripted_redis(pong_then_silent) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=0.2, max_pending=3)
+            results = []
+            for _ in range(6):
+                results += await asyncio.gather(
+                    *(connection.execute("PING") for _ in range(3)), return_exceptions=True
+                )
+                await asyncio.sleep(0.05)  # the link's own timer fires just after the calls' deadline
+            connection.close()
+            return results
+
+    results = asyncio.run(scenario())
+    assert not [r for r in results if "already waiting" in str(r)]
+    assert all(isinstance(r, RedisTimeoutError | RedisConnectionError) for r in results)
 
 
 def test_answered_calls_are_not_kept_alive_until_their_timeout(redis_server: RedisServer) -> None:
     async def scenario() -> list[Any]:
         connection = PipelinedConnection(redis_server.url, timeout=30.0)
         await connection.execute("PING")
-        futures = [connection._send(_pack(("ECHO", str(n)))) for n in range(50)]
+        futures = [asyncio.ensure_future(connection.execute("ECHO", str(n))) for n in range(50)]
         done, _ = await asyncio.wait(futures)
         assert len(done) == 50
         del done
@@ -178,17 +274,18 @@ def test_answered_calls_are_not_kept_alive_until_their_timeout(redis_server: Red
     assert asyncio.run(scenario()) == [None] * 50
 
 
-def test_calls_past_max_pending_fail_at_once(silent_server: int) -> None:
+def test_calls_past_max_pending_fail_at_once() -> None:
     async def scenario() -> list[Any]:
-        connection = PipelinedConnection(f"redis://127.0.0.1:{silent_server}/0", timeout=0.5, max_pending=10)
-        results = await asyncio.gather(
-            *(connection.execute("PING") for _ in range(15)), return_exceptions=True
-        )
-        connection.close()
-        return results
+        async with scripted_redis(pong_then_silent) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=0.5, max_pending=10)
+            results = await asyncio.gather(
+                *(connection.execute("PING") for _ in range(15)), return_exceptions=True
+            )
+            connection.close()
+            return results
 
     results = asyncio.run(scenario())
-    refused = [r for r in results if isinstance(r, RedisConnectionError)]
+    refused = [r for r in results if isinstance(r, RedisConnectionError) and "already waiting" in str(r)]
     timed_out = [r for r in results if isinstance(r, RedisTimeoutError)]
     assert len(refused) == 5
     assert len(timed_out) == 10
@@ -275,3 +372,129 @@ def test_a_wrong_password_is_an_error_not_a_hang(password_redis: RedisServer) ->
 
     error = asyncio.run(scenario())
     assert isinstance(error, ResponseError)
+
+
+# ---- regressions: a reply never reaches another caller, whatever the server does ----
+
+
+async def _echo_round(connection: PipelinedConnection, calls: int, tag: str) -> list[Any]:
+    return await asyncio.gather(
+        *(connection.execute("ECHO", f"{tag}-{n}") for n in range(calls)), return_exceptions=True
+    )
+
+
+def _assert_own_replies(results: list[Any], tag: str) -> int:
+    """Every answer is the caller's own ECHO or an error; the number answered."""
+    answered = 0
+    for n, result in enumerate(results):
+        if isinstance(result, BaseException):
+            assert isinstance(result, RedisConnectionError | RedisTimeoutError), result
+        else:
+            assert result == f"{tag}-{n}".encode(), f"call {n} got another caller's reply: {result!r}"
+            answered += 1
+    return answered
+
+
+def test_a_redis_that_accepts_and_answers_max_clients_shifts_no_reply() -> None:
+    """Accept, `-ERR max number of clients reached`, close (twice); then a sane Redis."""
+    full = echo_server(after=0, then=b"-ERR max number of clients reached\r\n")
+
+    async def scenario() -> list[list[Any]]:
+        async with scripted_redis(full, full, echo_server()) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=1.0)
+            rounds = [await _echo_round(connection, 64, f"r{n}") for n in range(4)]
+            connection.close()
+            return rounds
+
+    rounds = asyncio.run(scenario())
+    for n, results in enumerate(rounds):
+        _assert_own_replies(results, f"r{n}")
+    assert _assert_own_replies(rounds[-1], "r3") == 64  # healed
+
+
+def test_a_connection_that_drops_after_its_handshake_fails_the_waiting_calls() -> None:
+    """Dropped between the connect and the waiting callers' writes: they fail at once,
+    and the next calls are answered in order (once this was call-1, call-2, call-3, timeout)."""
+    drops = echo_server(after=1, then=b"")
+
+    async def drop_after_pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for _ in _commands(reader):
+            writer.write(b"+PONG\r\n")
+            await writer.drain()
+            return  # closed right after the handshake
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        async with scripted_redis(drop_after_pong, drops, echo_server()) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=1.0)
+            first = await _echo_round(connection, 4, "call")
+            await asyncio.sleep(0.05)
+            later = [await _echo_round(connection, 4, "call") for _ in range(3)]
+            connection.close()
+            return first, later[-1]
+
+    first, last = asyncio.run(scenario())
+    _assert_own_replies(first, "call")
+    assert _assert_own_replies(last, "call") == 4
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        b"-READONLY You can't write against a read only replica.\r\n",
+        b"-LOADING Redis is loading the dataset in memory\r\n",
+        b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+    ],
+    ids=["READONLY", "LOADING", "MASTERDOWN"],
+)
+def test_a_server_that_cannot_serve_is_a_connection_fault_and_the_next_call_reconnects(
+    refusal: bytes,
+) -> None:
+    async def scenario() -> tuple[Any, Any, int]:
+        async with scripted_redis(echo_server(after=1, then=refusal), echo_server()) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=1.0)
+            refused = (await asyncio.gather(connection.execute("ECHO", "x"), return_exceptions=True))[0]
+            again = await connection.execute("ECHO", "y")
+            connection.close()
+            return refused, again, connection.connects
+
+    refused, again, connects = asyncio.run(scenario())
+    assert isinstance(refused, RedisConnectionError)
+    assert again == b"y"
+    assert connects == 2
+
+
+def test_a_reply_nobody_asked_for_closes_the_connection() -> None:
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for command in _commands(reader):
+            writer.write(b"+PONG\r\n" if command[0].upper() == b"PING" else b"+one\r\n+two\r\n")
+
+    async def scenario() -> tuple[tuple[Any, Any], Any]:
+        async with scripted_redis(chatty, echo_server()) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=1.0)
+            first = await asyncio.gather(
+                connection.execute("ECHO", "a"), connection.execute("ECHO", "b"), return_exceptions=True
+            )
+            again = await connection.execute("ECHO", "c")
+            connection.close()
+            return first, again
+
+    first, again = asyncio.run(scenario())
+    # "one" answered a, "two" answered b: then nothing is trusted, and the link is replaced.
+    assert again == b"c"
+    assert all(r in (b"one", b"two") or isinstance(r, RedisConnectionError) for r in first)
+
+
+def test_a_percent_encoded_password_in_the_url_is_decoded(password_redis: RedisServer) -> None:
+    admin = redis.Redis(port=password_redis.port, password="s3cret")
+    admin.config_set("requirepass", "p@ss:w/rd")
+    admin.close()
+
+    async def scenario() -> Any:
+        connection = PipelinedConnection(
+            f"redis://:p%40ss%3Aw%2Frd@127.0.0.1:{password_redis.port}/0", timeout=2.0
+        )
+        reply = await connection.execute("PING")
+        connection.close()
+        return reply
+
+    assert asyncio.run(scenario()) == b"PONG"

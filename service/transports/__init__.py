@@ -29,4 +29,4 @@ def open_transport(
         return SentinelTransport(parsed, timeout=timeout, max_pending=max_pending)
     from service.transports.pipelined import PipelinedTransport
 
-    return PipelinedTransport(url, timeout=timeout, max_pending=max_pending, on_flush=on_flush)
+    return PipelinedTransport(parsed, timeout=timeout, max_pending=max_pending, on_flush=on_flush)

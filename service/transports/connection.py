@@ -11,14 +11,16 @@ A batch is also written as soon as it holds `max_batch` commands. Under load one
 can start a call on every client connection at once; sent as one batch at the end of
 the tick, all of them would sit in Redis together while this process, with nothing
 left to do, waits (a tenth of its time, measured with 64 clients). Written in slices,
-Redis works on the first while the process prepares the next, and replies come back
-while it still has work.
+Redis works on the first while the process prepares the next.
 
-Timeouts cost one timer per flush, not per call. A call that times out answers
-`TimeoutError`; its reply, if it ever comes, is matched to its (already failed)
-future, so the FIFO stays aligned. A lost connection fails everything in flight
-and the next call reconnects. At most `max_pending` calls wait at once; beyond that
-calls fail at once rather than queue without bound.
+Why a reply can never reach another caller: every call's future belongs to the one
+`_Link` (socket) its command was queued on, and that link's FIFO is the only place
+its reply is matched. A link fails every future it holds, written or not, the moment
+it dies: on a reset, a protocol error, a reply that nobody is waiting for, a reply
+that says the server cannot serve (READONLY, LOADING, MASTERDOWN, max clients), or a
+reply overdue past `timeout` (a dead peer that never resets). A dead link is never
+written to again; the next call opens a new one, and a call that finds its link died
+while it waited for the connect fails at once instead of being queued on nothing.
 
 Commands here are never retried: a command that was written may have run.
 """
@@ -28,201 +30,288 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_SCHEMES: Final = ("redis://", "rediss://", "unix://")
-
+from service.urls import RedisUrl, parse
 
 # RESP encoding of one command, in C.
 _pack: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
 
+# Replies that say this server cannot serve us now (a replica, a Redis loading its
+# data, a replica whose master is down, no free client slot): the command did not run,
+# and neither will the next on this socket. They close the link; the next call
+# reconnects (and on Sentinel, asks again who is master).
+_SERVER_FAULTS: Final = ("READONLY", "LOADING", "MASTERDOWN", "ERR max number of clients reached")
 
-class Endpoint:
-    """Where and how to connect, from a redis://, rediss:// or unix:// URL."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-        self.unix_path = parts.path if parts.scheme == "unix" else None
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
-        self.username = parts.username
-        self.password = parts.password
-        db_path = parts.path.lstrip("/") if parts.scheme != "unix" else ""
-        self.db = int(options.get("db", db_path or "0"))
-        self.ssl: ssl.SSLContext | None = None
-        if parts.scheme == "rediss":
-            self.ssl = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-            if options.get("ssl_cert_reqs") == "none":
-                self.ssl.check_hostname = False
-                self.ssl.verify_mode = ssl.CERT_NONE
-
-    @staticmethod
-    def supports(url: str) -> bool:
-        return url.startswith(_SCHEMES)
+# Dead-peer detection by the kernel on an idle socket, beside our own reply timeout.
+_KEEPALIVE: Final = (
+    ("TCP_KEEPIDLE", 10),
+    ("TCP_KEEPINTVL", 5),
+    ("TCP_KEEPCNT", 3),
+)
 
 
-class _Protocol(asyncio.Protocol):
-    def __init__(self, connection: PipelinedConnection) -> None:
-        self._connection = connection
+def reply_error(message: str) -> RedisError:
+    """The redis-py exception for an error reply, so callers catch one family."""
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    if message.startswith(_SERVER_FAULTS):
+        return RedisConnectionError(f"redis cannot serve: {message}")
+    return ResponseError(message)
+
+
+def ssl_context(url: RedisUrl) -> ssl.SSLContext | None:
+    if not url.tls:
+        return None
+    context = ssl.create_default_context(cafile=url.ssl_ca_certs)
+    if not url.verify_certificates:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _keep_alive(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE:
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # keepalive is a second line of defence; the reply timeout is the first
+
+
+class _Link(asyncio.Protocol):
+    """One socket to Redis and, in order, the calls queued or written on it."""
+
+    def __init__(self, owner: PipelinedConnection) -> None:
+        self._owner = owner
+        self._loop = owner.loop
         self._reader = hiredis.Reader()
+        self._transport: asyncio.Transport | None = None
+        # Futures of the calls written on this link without a reply yet, then the
+        # ones in `_buffer`, in order: the n-th reply belongs to waiting[0].
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._buffer: list[bytes] = []
+        self._flush_scheduled = False
+        self.written = 0  # commands written on this link: a write's timer needs only this number
+        self.closed = False
+
+    # ---- the socket's side ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # (uvloop's are not asyncio.Transport)
+        _keep_alive(transport)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        waiting = self._connection.waiting
+        waiting = self.waiting
+        fault: RedisError | None = None
         try:
             while (reply := self._reader.gets()) is not False:
+                if not waiting or len(waiting) == len(self._buffer):
+                    self.abort(RedisConnectionError(f"redis sent a reply nobody asked for: {reply!r:.100}"))
+                    return
                 future = waiting.popleft()
-                if future.done():
-                    continue  # timed out earlier; its reply still keeps the FIFO aligned
                 if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(ResponseError(str(reply)))
-                else:
+                    error = reply_error(str(reply))
+                    if isinstance(error, RedisConnectionError):
+                        fault = fault or error
+                    if not future.done():
+                        future.set_exception(error)
+                elif not future.done():  # done: it timed out or its caller left
                     future.set_result(reply)
         except hiredis.ProtocolError as exc:
-            self._connection.fail(RedisConnectionError(f"redis protocol error: {exc}"))
+            fault = RedisConnectionError(f"redis protocol error: {exc}")
+        if fault is not None:
+            # Replies parsed before the fault were delivered; nothing after it is trusted.
+            self.abort(fault)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connection.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
+        self.abort(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
+
+    # ---- the callers' side ----
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        if self.closed:
+            raise RedisConnectionError("the redis connection closed before the command was sent")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self.waiting.append(future)
+        self._buffer.append(packed)
+        if len(self._buffer) >= self._owner.max_batch:
+            self._write()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._buffer and not self.closed:
+            self._write()
+
+    def _write(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        count = len(self._buffer)
+        payload, self._buffer = b"".join(self._buffer), []
+        transport.write(payload)
+        self.written += count
+        self._owner.on_flush(count)
+        # The timer holds a number, not the futures: holding 1 s worth of futures and
+        # their replies kept ~20k objects per second alive for the garbage collector
+        # to walk, in pauses of 5 to 20 ms under load.
+        self._loop.call_later(self._owner.timeout, self._expire, self.written)
+
+    def _expire(self, written: int) -> None:
+        """Close the link if a call up to command number `written` still has no reply.
+
+        `waiting` holds the written calls without a reply, then the buffered ones; the
+        last `self.written - written` written calls came after that write, so the overdue
+        ones are the first of the rest. A peer that stops answering without a reset (host
+        gone, partition) would otherwise keep this socket, and every later call would
+        queue behind the lost replies until the kernel gave up, minutes later."""
+        if self.closed:
+            return
+        overdue = len(self.waiting) - len(self._buffer) - (self.written - written)
+        if overdue <= 0:
+            return
+        timeout = self._owner.timeout
+        error = RedisTimeoutError(f"redis did not answer within {timeout} s")
+        for future in itertools.islice(self.waiting, overdue):
+            if not future.done():
+                future.set_exception(error)
+        self.abort(RedisConnectionError(f"redis replies overdue past {timeout} s: connection dropped"))
+
+    def abort(self, error: RedisError) -> None:
+        """This link is dead: fail everything it holds; it is never written to again."""
+        if self.closed:
+            return
+        self.closed = True
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        self._buffer.clear()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        self._owner.link_closed(self)
 
 
 class PipelinedConnection:
+    """redis://, rediss:// and unix://: one link at a time, replaced when it dies."""
+
     def __init__(
         self,
-        url: str,
+        url: RedisUrl | str,
         *,
         timeout: float,
         max_pending: int = 10_000,
         max_batch: int = 32,
         on_flush: Callable[[int], None] | None = None,
     ) -> None:
-        self.endpoint = Endpoint(url)
+        self.url = parse(url) if isinstance(url, str) else url
         self.timeout = timeout
         self.max_pending = max_pending
         self.max_batch = max_batch
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self._transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._connecting: asyncio.Future[None] | None = None
-        self._buffer: list[bytes] = []
-        # Commands written over the life of this object (across reconnects): a write's
-        # timer needs only this number, not its futures.
-        self.written = 0
-        self._flush_scheduled = False
-        self._on_flush = on_flush  # told how many commands each write carried
+        self.on_flush: Callable[[int], None] = on_flush or (lambda _: None)
+        self._ssl = ssl_context(self.url)
+        self._link: _Link | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
+        self.connects = 0  # links opened over this object's life
+        # Cached at the first call: on Python 3.11 get_running_loop() costs a getpid().
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def execute(self, *args: Any) -> Any:
-        if self._transport is None:
-            await self._connect()
-        if len(self.waiting) >= self.max_pending:
+        link = self._link
+        if link is not None:
+            if len(link.waiting) >= self.max_pending:
+                raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+            return await link.send(_pack(args))
+        # No live link: this call waits for one, and all of it (connect, handshake,
+        # reply) stays within one `timeout`, as a call on a live link does.
+        started = time.monotonic()
+        link = await self._connect()
+        if len(link.waiting) >= self.max_pending:
             raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
-        return await self._send(_pack(args))
-
-    def _send(self, packed: bytes) -> asyncio.Future[Any]:
-        # The loop is cached at connect: on Python 3.11 get_running_loop() costs a getpid().
-        loop = self._loop
-        assert loop is not None
-        future: asyncio.Future[Any] = loop.create_future()
-        self.waiting.append(future)
-        self._buffer.append(packed)
-        if len(self._buffer) >= self.max_batch:
-            self._write()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._buffer:
-            self._write()
-
-    def _write(self) -> None:
-        count = len(self._buffer)
-        payload, self._buffer = b"".join(self._buffer), []
-        if self._transport is None:
-            return  # fail() already failed these futures
-        self._transport.write(payload)
-        self.written += count
-        if self._on_flush is not None:
-            self._on_flush(count)
-        assert self._loop is not None
-        # The timer holds a number, not the futures: holding 1 s worth of futures and
-        # their replies kept ~20k objects per second alive for the garbage collector
-        # to walk, in pauses of 5 to 20 ms under load.
-        self._loop.call_later(self.timeout, self._expire, self.written)
-
-    def _expire(self, written: int) -> None:
-        """Fail the calls, up to command number `written`, that still have no reply.
-
-        `waiting` holds, in order, the written calls without a reply and then the
-        buffered ones; the last `self.written - written` written calls came after
-        that write, so the overdue ones are the first of the rest."""
-        unanswered = len(self.waiting) - len(self._buffer)
-        overdue = unanswered - (self.written - written)
-        for future in itertools.islice(self.waiting, max(overdue, 0)):
-            if not future.done():
-                future.set_exception(RedisTimeoutError(f"redis did not answer within {self.timeout} s"))
-
-    async def _connect(self) -> None:
-        # Concurrent callers share one connection attempt.
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
-        connecting = self._connecting
+        remaining = self.timeout - (time.monotonic() - started)
         try:
-            await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+            return await asyncio.wait_for(link.send(_pack(args)), max(remaining, 0.001))
+        except TimeoutError:
+            raise RedisTimeoutError(f"redis did not answer within {self.timeout} s") from None
 
-    async def _open(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        endpoint = self.endpoint
+    async def _connect(self) -> _Link:
+        # Concurrent callers share one connection attempt.
+        connecting = self._connecting
+        if connecting is None:
+            self.loop = asyncio.get_running_loop()
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(connecting)
+
+    def _connect_done(self, connecting: asyncio.Future[_Link]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: a failed attempt with no caller left is not "never retrieved"
+
+    async def _open(self) -> _Link:
+        link = _Link(self)
         try:
             async with asyncio.timeout(self.timeout):
-                if endpoint.unix_path is not None:
-                    transport, _ = await loop.create_unix_connection(
-                        lambda: _Protocol(self), endpoint.unix_path
-                    )
-                else:
-                    transport, _ = await loop.create_connection(
-                        lambda: _Protocol(self), endpoint.host, endpoint.port, ssl=endpoint.ssl
-                    )
-        except (OSError, TimeoutError) as exc:
+                await self._handshake(link)
+        except TimeoutError:
+            link.abort(RedisConnectionError("connect timed out"))
+            raise RedisTimeoutError(f"no redis connection within {self.timeout} s") from None
+        except OSError as exc:
+            link.abort(RedisConnectionError("connect failed"))
             raise RedisConnectionError(f"cannot connect to redis: {exc or type(exc).__name__}") from exc
-        # (uvloop's transports do not subclass asyncio.Transport: no isinstance check here.)
-        self._transport = transport
-        handshake = []
-        if endpoint.password is not None:
-            credentials = [endpoint.username, endpoint.password] if endpoint.username else [endpoint.password]
-            handshake.append(self._send(_pack(("AUTH", *credentials))))
-        if endpoint.db:
-            handshake.append(self._send(_pack(("SELECT", endpoint.db))))
-        if handshake:
-            try:
-                await asyncio.gather(*handshake)
-            except ResponseError:
-                self.close()
-                raise
+        except BaseException:
+            link.abort(RedisConnectionError("the handshake failed"))
+            raise
+        if link.closed:
+            raise RedisConnectionError("connection to redis lost during the handshake")
+        self._link = link
+        return link
 
-    def fail(self, error: Exception) -> None:
-        """The connection is gone: fail every call in flight; the next call reconnects."""
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.abort()
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
-        self._buffer.clear()
+    async def _handshake(self, link: _Link) -> None:
+        """Connect, then prove the link serves before any call is queued on it: a Redis
+        that accepts and then refuses (max clients, still loading) fails here."""
+        loop, url = self.loop, self.url
+        if url.unix_path is not None:
+            await loop.create_unix_connection(lambda: link, url.unix_path)
+        else:
+            host, port = url.hosts[0]
+            await loop.create_connection(lambda: link, host, port, ssl=self._ssl)
+        self.connects += 1
+        handshake = []
+        if url.password is not None:
+            credentials = [url.username, url.password] if url.username else [url.password]
+            handshake.append(link.send(_pack(("AUTH", *credentials))))
+        if url.db:
+            handshake.append(link.send(_pack(("SELECT", url.db))))
+        handshake.append(link.send(_pack(("PING",))))
+        results = await asyncio.gather(*handshake, return_exceptions=True)
+        refused = next((result for result in results if isinstance(result, BaseException)), None)
+        if refused is not None:
+            raise refused
+
+    def link_closed(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
 
     def close(self) -> None:
-        self.fail(RedisConnectionError("connection closed"))
+        if self._link is not None:
+            self._link.abort(RedisConnectionError("connection closed"))

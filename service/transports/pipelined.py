@@ -7,6 +7,7 @@ from collections.abc import Callable
 from service.scripts import ScriptCall, ScriptReply
 from service.transports.base import run_with_reload
 from service.transports.connection import PipelinedConnection
+from service.urls import RedisUrl
 
 
 class PipelinedTransport:
@@ -14,7 +15,7 @@ class PipelinedTransport:
 
     def __init__(
         self,
-        url: str,
+        url: RedisUrl,
         *,
         timeout: float,
         max_pending: int,
