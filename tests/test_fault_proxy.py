@@ -243,7 +243,8 @@ async def _worker(base_url: str, groups: list[Group], rng: random.Random, until:
                 operation, "update_group_counter"
             )
             reply = await _call(client, command, body, tally)
-            group.history.append(f"{time.monotonic():.3f} {operation} {amount} -> {after} {'?' if reply is None else 'ok'}")
+            outcome = "?" if reply is None else "ok"
+            group.history.append(f"{time.monotonic():.3f} {operation} {amount} -> {after} {outcome}")
             if reply is None:
                 group.states = {current, after}
                 await _resync(client, group, tally, until)
