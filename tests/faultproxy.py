@@ -88,8 +88,15 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._accepted, sock=sock)
 
     async def _shutdown(self) -> None:
+        self.injecting = False
         if self._server is not None:
             self._server.close()
+        self._drop_all()
+        current = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         self._drop_all()
 
     def _drop_all(self) -> None:
@@ -114,6 +121,14 @@ class FaultProxy:
         await self._listen()
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            writer.transport.abort()
+            self._connections.discard(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         fault = self._draw(ACCEPT_FAULTS)
         if fault == "max_clients":
             writer.write(MAX_CLIENTS)
@@ -129,17 +144,18 @@ class FaultProxy:
         except OSError:
             writer.transport.abort()
             return
-        self._connections |= {writer, up_writer}
+        self._connections.add(up_writer)
         pumps = [
             asyncio.ensure_future(self._pump(reader, up_writer, writer, replies=False)),
             asyncio.ensure_future(self._pump(up_reader, writer, up_writer, replies=True)),
         ]
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        for pump in pumps:
-            pump.cancel()
-        for side in (writer, up_writer):
-            side.transport.abort()
-            self._connections.discard(side)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            up_writer.transport.abort()
+            self._connections.discard(up_writer)
 
     async def _pump(
         self,

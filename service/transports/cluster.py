@@ -26,6 +26,7 @@ from redis.exceptions import (
     RedisError,
     TryAgainError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptArg, ScriptCall, ScriptReply
 from service.transports.base import Gate, is_connection_fault, no_retry, run_with_reload
@@ -81,6 +82,7 @@ class ClusterTransport:
             **kwargs,
         )
         self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
+        self._timeout = timeout
         self._stale = True
         self._refreshing = asyncio.Lock()
 
@@ -101,9 +103,15 @@ class ClusterTransport:
         return self.client.nodes_manager
 
     async def run_script(self, call: ScriptCall) -> ScriptReply:
-        async with self._gate:
-            # NOSCRIPT's EVAL goes to the same key, hence the node that owns its slot.
-            return await run_with_reload(partial(self._call, call.keys[0]), call)
+        # One bound for all of a call: its turn, a slot-map refresh, redirects, the reply.
+        # A cancelled redis-py call disconnects its connection: no reply is left behind.
+        try:
+            async with asyncio.timeout(self._timeout), self._gate:
+                # NOSCRIPT's EVAL goes to the same key, hence the node that owns its slot.
+                return await run_with_reload(partial(self._call, call.keys[0]), call)
+        except TimeoutError:
+            self._stale = True
+            raise RedisTimeoutError(f"redis did not answer within {self._timeout} s") from None
 
     async def _call(self, key: str, *command: ScriptArg) -> Any:
         nodes = await self._slot_map()

@@ -19,6 +19,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptCall, ScriptReply
 from service.transports.base import Gate, config_value, is_connection_fault, no_retry, run_with_reload
@@ -55,8 +56,10 @@ class SentinelTransport:
             **socket_kwargs,
         )
         self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
+        self._timeout = timeout
         self._watcher: asyncio.Task[None] | None = None
         self._ask_now = asyncio.Event()
+        self._drop_idle = False
 
     def _watch_master(self) -> None:
         if self._watcher is None:
@@ -83,6 +86,9 @@ class SentinelTransport:
                     )
                     await self.client.connection_pool.disconnect(inuse_connections=True)
                 known = address
+            if self._drop_idle:
+                self._drop_idle = False
+                await self.client.connection_pool.disconnect(inuse_connections=False)
             self._ask_now.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_WATCH_SECONDS):
@@ -90,18 +96,25 @@ class SentinelTransport:
 
     async def _faulted(self, exc: RedisError) -> None:
         if is_connection_fault(exc):
-            # Idle connections may lead to the same sick server: drop them, ask again.
-            await self.client.connection_pool.disconnect(inuse_connections=False)
+            # Idle connections may lead to the same sick server: the watcher drops
+            # them and asks again, off this call's path.
+            self._drop_idle = True
             self._ask_now.set()
 
     async def run_script(self, call: ScriptCall) -> ScriptReply:
         self._watch_master()
-        async with self._gate:
-            try:
+        # One bound for all of a call: its turn, the master's address, connect, reply.
+        # A cancelled redis-py call disconnects its connection: no reply is left behind.
+        try:
+            async with asyncio.timeout(self._timeout), self._gate:
                 return await run_with_reload(self.client.execute_command, call)
-            except RedisError as exc:
-                await self._faulted(exc)
-                raise
+        except TimeoutError:
+            exc: RedisError = RedisTimeoutError(f"redis did not answer within {self._timeout} s")
+            await self._faulted(exc)
+            raise exc from None
+        except RedisError as exc:
+            await self._faulted(exc)
+            raise
 
     async def ping(self) -> None:
         self._watch_master()
