@@ -6,7 +6,13 @@ import json
 import time
 from typing import Any
 
-from tests.support import IMPLICIT_APP, RATE_LIMIT, RATE_LIMITED_APP, Api, query
+import redis
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.store import open_store
+from tests.support import IMPLICIT_APP, RATE_LIMIT, RATE_LIMITED_APP, Api, RedisServer, query
 
 UPDATE = "/v4/group_open_http_svc/update_group_counter"
 
@@ -102,3 +108,25 @@ def test_the_window_lives_in_redis_under_the_apps_own_key(api: Api) -> None:
     window = api.inspector.hgetall(f"{{ratelimit:{RATE_LIMITED_APP}}}")
     assert window[b"calls"] == b"1"
     assert 0 < api.inspector.ttl(f"{{ratelimit:{RATE_LIMITED_APP}}}") <= 2
+
+
+def test_reads_keep_working_when_redis_refuses_writes(redis_server: RedisServer, settings: Settings) -> None:
+    """maxmemory reached under noeviction: the window's count is refused, so the read
+    goes on uncounted (documented); the write answers 10002 and changes nothing."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.flushall()
+    store = open_store(redis_server.url, timeout=2.0)
+    with TestClient(create_app(settings, store)) as client:
+        api = Api(client=client, inspector=admin)
+        assert api.update("g", {"a": 1}, "Set", sdkappid=RATE_LIMITED_APP)["ErrorCode"] == 0
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", used // 2)
+        try:
+            time.sleep(1.1)  # a new window: its first count is a write
+            assert api.counters("g", sdkappid=RATE_LIMITED_APP) == {"a": 1}
+            assert api.update("g", {"a": 2}, "Set", sdkappid=RATE_LIMITED_APP)["ErrorCode"] == 10002
+        finally:
+            admin.config_set("maxmemory", 0)
+        assert api.counters("g", sdkappid=RATE_LIMITED_APP) == {"a": 1}
+    admin.close()
