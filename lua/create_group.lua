@@ -2,7 +2,7 @@
 
 Why one script: two concurrent creates of one GroupId must not both succeed.
 
-KEYS[1]  the group's hash, {<sdkappid>:<GroupId>}
+KEYS[1]  the group's hash, {<sdkappid>:<escaped GroupId>}
 KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when ARGV[2] is "0")
 ARGV[1]  always "1" (create_group stores groups in registered mode only)
 ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here

@@ -1,9 +1,10 @@
 --[[ destroy_group: remove a group and all its counters.
 
 Why one script: the existence check and the delete must see one state, so two
-concurrent destroys answer once with success and once with 10010.
+concurrent destroys answer once with success and once with 10010. The group's epoch
+goes with its hash: its idempotency records can never replay again.
 
-KEYS[1]  the group's hash, {<sdkappid>:<GroupId>}
+KEYS[1]  the group's hash, {<sdkappid>:<escaped GroupId>}
 KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when ARGV[2] is "0")
 ARGV[1]  "1" when the group must have been created (registered mode), "0" (implicit)
 ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here

@@ -3,7 +3,7 @@
 Why one script: the group check and the read must see one state, so a group
 destroyed between them cannot answer with stale counters.
 
-KEYS[1]  the group's hash, {<sdkappid>:<GroupId>}
+KEYS[1]  the group's hash, {<sdkappid>:<escaped GroupId>}
 KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when ARGV[2] is "0")
 ARGV[1]  "1" when the group must have been created (registered mode), "0" (implicit)
 ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here
@@ -16,6 +16,7 @@ Reply    {0, Key, Value, Key, Value, ...}  no Keys asked: every counter, unorder
          {10007}                           the group is a Community group
 ]]
 local META = "\255" -- group metadata field; never valid UTF-8, so never a Key
+local EPOCH = "\254" -- the group's epoch for idempotency records; never a Key either
 
 if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
 
@@ -32,7 +33,7 @@ end
 local all = redis.call("HGETALL", group)
 local reply = {0}
 for i = 1, #all, 2 do
-  if all[i] ~= META then
+  if all[i] ~= META and all[i] ~= EPOCH then
     reply[#reply + 1] = all[i]
     reply[#reply + 1] = all[i + 1]
   end

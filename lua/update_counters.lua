@@ -9,14 +9,20 @@ decimal string; for Increase/Decrease it is split into a high and a low limb of
 at most 10 and 9 digits, each exact as a double, added with carry, range-checked
 against int64, and formatted back to a string. Set does no arithmetic at all.
 
-KEYS[1]  the group's hash, {<sdkappid>:<GroupId>}
+Why an epoch: an Idempotency-Key's record belongs to one life of the group. The
+group's hash holds a random epoch (field 0xFE) from its first call with a key; a
+record is only replayed while the group still holds the epoch it names, so a record
+neither outlives destroy_group nor replays into a re-created group of the same ID.
+
+KEYS[1]  the group's hash, {<sdkappid>:<escaped GroupId>}
 KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when ARGV[2] is "0")
-KEYS[3]  the idempotency record, {<sdkappid>:<GroupId>}:idempotency:<Idempotency-Key>
+KEYS[3]  the idempotency record, <KEYS[1]>:idempotency:<Idempotency-Key> (else KEYS[1] again)
 ARGV[1]  "1" when the group must have been created (registered mode), "0" (implicit)
 ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here
 ARGV[3]  the request's fingerprint when it carries an Idempotency-Key, else ""
-ARGV[4]  "set" or "add"
-ARGV[5..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
+ARGV[4]  a fresh random epoch, written when the group has none yet (with ARGV[3] only)
+ARGV[5]  "set" or "add"
+ARGV[6..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
          Value is the signed amount to add as a decimal string; a Decrease arrives
          negated, so it may be 9223372036854775808, one past int64.
 
@@ -30,33 +36,37 @@ Reply    {0, value, value, ...}  each Key's value after the update, request orde
          {10063, count}          the group would hold count (> 20) keys
 ]]
 local META = "\255" -- group metadata field; never valid UTF-8, so never a Key
+local EPOCH = "\254" -- the group's epoch for idempotency records; never a Key either
 local MAX_KEYS = 20
 local LIMB = 1000000000
 local MAX_HI, MAX_LO, MIN_LO = 9223372036, 854775807, 854775808
 
 if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
+
+local keys, amounts = {}, {}
+for i = 6, #ARGV, 2 do
+  keys[#keys + 1] = ARGV[i]
+  amounts[#amounts + 1] = ARGV[i + 1]
+end
+
+-- One read for the group's metadata, its epoch and every Key's old value.
+local group = KEYS[1]
+local old = redis.call("HMGET", group, META, EPOCH, unpack(keys))
+local meta = table.remove(old, 1)
+local epoch = table.remove(old, 1)
+
 if ARGV[3] ~= "" then
-  local record = redis.call("GET", KEYS[3])
-  if record then
-    if string.sub(record, 1, #ARGV[3] + 1) ~= ARGV[3] .. "\n" then return {10004} end
+  local outcome = replay_record(KEYS[3], epoch, ARGV[3])
+  if outcome == false then return {10004} end
+  if outcome then
     local replay = {0}
-    for value in string.gmatch(string.sub(record, #ARGV[3] + 2), "[^,]+") do
+    for value in string.gmatch(outcome, "[^,]+") do
       replay[#replay + 1] = value
     end
     return replay
   end
 end
 
-local keys, amounts = {}, {}
-for i = 5, #ARGV, 2 do
-  keys[#keys + 1] = ARGV[i]
-  amounts[#amounts + 1] = ARGV[i + 1]
-end
-
--- One read for the group's metadata and every Key's old value.
-local group = KEYS[1]
-local old = redis.call("HMGET", group, META, unpack(keys))
-local meta = table.remove(old, 1)
 if ARGV[1] == "1" and not meta then return {10010} end
 if meta == "Community" then return {10007} end
 
@@ -91,7 +101,7 @@ end
 local new, added = {}, 0
 for i = 1, #keys do
   if not old[i] then added = added + 1 end
-  if ARGV[4] == "set" then
+  if ARGV[5] == "set" then
     new[i] = amounts[i]
   else
     new[i] = add(old[i] or "0", amounts[i])
@@ -100,7 +110,7 @@ for i = 1, #keys do
 end
 
 if added > 0 then -- only a new Key can break the limit
-  local held = redis.call("HLEN", group) - (meta and 1 or 0) + added
+  local held = redis.call("HLEN", group) - (meta and 1 or 0) - (epoch and 1 or 0) + added
   if held > MAX_KEYS then return {10063, held} end
 end
 
@@ -109,9 +119,14 @@ for i = 1, #keys do
   fields[#fields + 1] = keys[i]
   fields[#fields + 1] = new[i]
 end
+if ARGV[3] ~= "" and not epoch then
+  epoch = ARGV[4]
+  fields[#fields + 1] = EPOCH
+  fields[#fields + 1] = epoch
+end
 redis.call("HSET", group, unpack(fields))
 if ARGV[3] ~= "" then
   -- Written with the update, in the group's slot: a failover loses both or neither.
-  redis.call("SET", KEYS[3], ARGV[3] .. "\n" .. table.concat(new, ","), "EX", 86400)
+  write_record(KEYS[3], epoch, ARGV[3], table.concat(new, ","))
 end
 return {0, unpack(new)}

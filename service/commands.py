@@ -118,12 +118,14 @@ def _fingerprint(command: str, args: Sequence[ScriptArg]) -> str:
     return digest.hexdigest()
 
 
-def _idempotency(call: Call, command: str, group: str, args: Sequence[ScriptArg]) -> tuple[str, str]:
-    """KEYS[3] and ARGV[3] of a script that can record its outcome: the record and the
-    fingerprint; without an Idempotency-Key, the group's key again and no fingerprint."""
+def _idempotency(call: Call, command: str, group: str, args: Sequence[ScriptArg]) -> tuple[str, str, str]:
+    """KEYS[3], ARGV[3] and ARGV[4] of a script that can record its outcome: the record,
+    the fingerprint and a fresh epoch for a group that has none yet; without an
+    Idempotency-Key, the group's key again and two empty strings."""
     if call.idempotency_key is None:
-        return group, ""
-    return idempotency_key(group, call.idempotency_key), _fingerprint(command, args)
+        return group, "", ""
+    record = idempotency_key(group, call.idempotency_key)
+    return record, _fingerprint(command, args), secrets.token_hex(8)
 
 
 async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes:
@@ -141,13 +143,13 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
         # which the script's limb arithmetic handles and a Redis HINCRBY could not.
         pairs += (key, -item.value if mode == "Decrease" else item.value)
     group = group_key(call.app.sdkappid, group_id)
-    record, fingerprint = _idempotency(call, "update_group_counter", group, [operation, *pairs])
+    record, fingerprint, epoch = _idempotency(call, "update_group_counter", group, [operation, *pairs])
     window, limit = call.limit.in_script(group)
     reply = await call.run(
         ScriptCall(
             scripts.UPDATE_COUNTERS,
             [group, window, record],
-            [call.registered, limit, fingerprint, operation, *pairs],
+            [call.registered, limit, fingerprint, epoch, operation, *pairs],
         )
     )
     _raise_for(reply, group_id)
@@ -187,11 +189,13 @@ async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes
     _check_implicit_community(call.app, group_id)
 
     group = group_key(call.app.sdkappid, group_id)
-    record, fingerprint = _idempotency(call, "delete_group_counter", group, keys)
+    record, fingerprint, epoch = _idempotency(call, "delete_group_counter", group, keys)
     window, limit = call.limit.in_script(group)
     reply = await call.run(
         ScriptCall(
-            scripts.DELETE_COUNTERS, [group, window, record], [call.registered, limit, fingerprint, *keys]
+            scripts.DELETE_COUNTERS,
+            [group, window, record],
+            [call.registered, limit, fingerprint, epoch, *keys],
         )
     )
     _raise_for(reply, group_id)

@@ -1,9 +1,17 @@
-"""Every Redis key name, in one place.
+"""Every Redis key name, in one place, so that no two can collide.
 
-A group's counters live in one hash named `{<sdkappid>:<GroupId>}`; the braces make
-the whole name the Redis Cluster hash tag, so any later key of the group (an
-idempotency record, say) written as `{<sdkappid>:<GroupId>}:<suffix>` lands in the
-same slot.
+    {<sdkappid>:<escaped GroupId>}                          a group's hash
+    {<sdkappid>:<escaped GroupId>}:idempotency:<key>        an Idempotency-Key's record
+    {ratelimit:<sdkappid>}                                  an app's rate-limit window
+    {readyz}                                                the readiness probe's key
+
+The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
+group's record lands in the group's slot. A GroupId is printable ASCII and may hold
+`{`, `}`, `%` and `:`; escaped (`%` -> %25, `{` -> %7B, `}` -> %7D, reversibly), it
+holds no brace, so the tag always ends right after it: a group's hash ends at its
+tag's `}` and every other key of the group goes on after it. Without the escape, the
+record of group `v` with Idempotency-Key `r}` was the hash of GroupId `v}:idempotency:r`.
+Tags of groups start with a digit, the others with a letter.
 """
 
 from __future__ import annotations
@@ -14,8 +22,11 @@ from typing import Final
 READINESS_KEY: Final = "{readyz}"
 
 
+_ESCAPES: Final = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
 def group_key(sdkappid: int, group_id: str) -> str:
-    return f"{{{sdkappid}:{group_id}}}"
+    return f"{{{sdkappid}:{group_id.translate(_ESCAPES)}}}"
 
 
 def idempotency_key(group: str, key: str) -> str:

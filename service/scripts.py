@@ -29,7 +29,9 @@ def _lua_dir() -> Path:
 def _with_includes(source: str) -> str:
     """Shared Lua from lua/include/, placed right after the script's header comment."""
     header_end = source.index("]]\n") + 3
-    shared = (_lua_dir() / "include" / "rate_limit.lua").read_text(encoding="utf-8")
+    shared = "".join(
+        path.read_text(encoding="utf-8") for path in sorted((_lua_dir() / "include").glob("*.lua"))
+    )
     return source[:header_end] + shared + source[header_end:]
 
 

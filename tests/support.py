@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import redis
 from starlette.testclient import TestClient
 
+from service import keys
 from service.auth import mint_usersig
 
 REGISTERED_APP: Final = 1400000000
@@ -349,7 +350,7 @@ def _json(body: Any) -> bytes:
 
 
 def group_key(sdkappid: int, group_id: str) -> bytes:
-    return f"{{{sdkappid}:{group_id}}}".encode()
+    return keys.group_key(sdkappid, group_id).encode()
 
 
 def iterate(n: int) -> Iterator[int]:
