@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service import urls
 from service.auth import UsersigVerifier
 from service.config import ConfigError, load_config, parse_config
 from tests.support import free_port
@@ -207,3 +208,29 @@ def test_serving_with_a_bad_config_exits_non_zero_quickly_with_the_message(bad_c
     result = run_cli("--config", str(bad_config), "--port", str(free_port()), timeout=20.0)
     assert result.returncode != 0, result
     assert "bogus_setting" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:6379/0?ssl_cert_reqs=none",  # a TLS option without TLS
+        "rediss://h:6380/0?ssl_cert_req=none",  # a typo that must not leave checks as they are
+        "redis+cluster://h:7000?db=1",
+        "unix:///tmp/redis.sock?timeout=3",
+    ],
+)
+def test_an_unknown_redis_url_option_is_a_config_error_on_every_scheme(url: str) -> None:
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_config(config_with(app(), top=f'redis_url = "{url}"'), environ={})
+
+
+def test_redis_url_credentials_are_percent_decoded() -> None:
+    parsed = urls.parse("redis://us%3Aer:p%40ss@h:6379/2")
+    assert (parsed.username, parsed.password, parsed.db) == ("us:er", "p@ss", 2)
+    assert urls.parse("redis+sentinel://:p%40ss@h:26379/master").password == "p@ss"
+
+
+def test_a_config_error_never_shows_the_redis_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config_with(app(), top='redis_url = "redis://:hunter2@h:6379/0?bogus=1"'), environ={})
+    assert "hunter2" not in str(caught.value)
