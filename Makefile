@@ -97,6 +97,14 @@ bench-tools: $(STAMP) redis-server
 bench: $(STAMP) redis-server bench-tools
 	$(PY) -m tests.bench.run --workers-check --out BENCHMARKS.md $(BENCH_ARGS)
 
+# make bench-compare REF=<git ref> [BENCH_ARGS='--rounds 9']: the service at REF against the
+# service now, side by side in one run (tests/bench/compare.py).
+REF ?= HEAD~1
+
+.PHONY: bench-compare  ## The service at REF (default HEAD~1) against the service now, side by side
+bench-compare: $(STAMP) redis-server
+	$(PY) -m tests.bench.compare --ref $(REF) $(BENCH_ARGS)
+
 .PHONY: bench-soak  ## 5-minute load on one worker: its RSS growth, into BENCHMARKS.md
 bench-soak: $(STAMP) redis-server bench-tools
 	$(PY) -m tests.bench.run --soak 300 --soak-only --out BENCHMARKS.md $(BENCH_ARGS)

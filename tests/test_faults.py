@@ -489,9 +489,12 @@ def test_stalled_redis_past_max_pending_refuses_calls_at_once_instead_of_queuein
         during = [o for o in outcomes if stall <= o.started and o.ended <= stall_end]
         refused = [o for o in during if o.code == INTERNAL and o.latency < 0.3]
         waited = [o for o in outcomes if o.latency >= 0.45]
-        # At most max_pending calls wait on the stalled Redis (their futures stay pending until
-        # Redis answers); every other call is refused at once rather than queued.
-        assert len(waited) <= max_pending, f"{len(waited)} calls waited on the stalled Redis"
+        # At most max_pending calls wait on the stalled Redis at any moment (on its connection,
+        # or for a new one once that was dropped as overdue); every other call is refused at
+        # once rather than queued. (Times are the client's: a call answered when its link was
+        # dropped is still in flight to the client for a few ms while the next ones start.)
+        most = max(sum(w.started <= o.started < w.ended - 0.05 for w in waited) for o in waited)
+        assert most <= max_pending, f"{most} calls waited on the stalled Redis at once"
         assert len(refused) >= clients, f"only {len(refused)} calls were refused at once during the stall"
         assert all(o.code == INTERNAL for o in during)
         assert max(value for _, value in probes.in_flight) <= clients

@@ -230,6 +230,7 @@ class PipelinedConnection:
         self._ssl = ssl_context(self.url)
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
+        self._awaiting_link = 0  # calls waiting for a connect: max_pending bounds them too
         self.connects = 0  # links opened over this object's life
         # Cached at the first call: on Python 3.11 get_running_loop() costs a getpid().
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -242,8 +243,14 @@ class PipelinedConnection:
             return await link.send(_pack(args))
         # No live link: this call waits for one, and all of it (connect, handshake,
         # reply) stays within one `timeout`, as a call on a live link does.
+        if self._awaiting_link >= self.max_pending:
+            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
         started = time.monotonic()
-        link = await self._connect()
+        self._awaiting_link += 1
+        try:
+            link = await self._connect()
+        finally:
+            self._awaiting_link -= 1
         if len(link.waiting) >= self.max_pending:
             raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
         remaining = self.timeout - (time.monotonic() - started)

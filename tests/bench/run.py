@@ -187,6 +187,7 @@ class Server:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path = ROOT  # another checkout runs another version of the service
 
     @property
     def pid(self) -> int:
@@ -197,7 +198,7 @@ class Server:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [*Cpus.prefix(cpu), *self.argv],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,

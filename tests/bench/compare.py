@@ -1,0 +1,118 @@
+"""`make bench-compare REF=<git ref>`: the service at REF against the service now, side by side.
+
+python -m tests.bench.compare --ref REF [--duration S] [--rounds N] [--groups N]
+
+A change that must not cost throughput (a safer Redis connection, an HTTP limit) is
+measured against the code before it in one run, on one machine, in one Redis: REF is
+checked out in a temporary git worktree and served by the same interpreter (`python -m
+service` from that tree), both servers pinned to one CPU, wrk and Redis to another, as in
+`make bench`. Pairs of wrk runs alternate their order; the ratio is the median of the
+pairs' ratios. The update workload is `make bench`'s (Increase of two keys over --groups
+registered groups). Prints the rounds and the ratio; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from service.auth import mint_usersig
+from tests.bench.run import (
+    ADMIN,
+    ROOT,
+    SDKAPPID,
+    SECRET_KEY,
+    WARMUP_SECONDS,
+    BenchError,
+    Cpus,
+    create_groups,
+    group_ids,
+    require_tools,
+    run_wrk,
+    running,
+    service_server,
+    summarise_rounds,
+    write_config,
+)
+from tests.support import RedisServer
+
+
+def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
+    cpus = Cpus.pick()
+    workdir = Path(tempfile.mkdtemp(prefix="group-counter-compare-"))
+    tree = workdir / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref],
+        check=True,
+        capture_output=True,
+    )
+    redis_server = RedisServer().start()
+    try:
+        assert redis_server.process is not None
+        if cpus.load is not None:
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", str(cpus.load), str(redis_server.process.pid)],
+                check=True,
+                capture_output=True,
+            )
+        config = workdir / "bench.toml"
+        write_config(config, redis_server.url)
+        usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
+        now = service_server(config, workdir, tag="now")
+        before = service_server(config, workdir, tag="before")
+        before.cwd = tree
+        with running(now, before):
+            now.start(cpus.server)
+            before.start(cpus.server)
+            create_groups(now.port, usersig, group_ids(groups))
+            for server in (before, now):
+                run_wrk(server.port, WARMUP_SECONDS, usersig, groups, cpus.load)
+            before_runs, now_runs = [], []
+            for round_number in range(1, rounds + 1):
+                order = (before, now) if round_number % 2 else (now, before)
+                runs = {s.port: run_wrk(s.port, duration, usersig, groups, cpus.load) for s in order}
+                before_runs.append(runs[before.port])
+                now_runs.append(runs[now.port])
+                print(
+                    f"round {round_number}/{rounds}: {ref} {runs[before.port].rps:,.0f} req/s, "
+                    f"now {runs[now.port].rps:,.0f} req/s "
+                    f"({runs[now.port].rps / runs[before.port].rps:.3f})",
+                    flush=True,
+                )
+    finally:
+        redis_server.stop()
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    ratio = statistics.median(n.rps / b.rps for b, n in zip(before_runs, now_runs, strict=True))
+    b, n = summarise_rounds(before_runs), summarise_rounds(now_runs)
+    print(f"{ref}: {b['rps']:,.0f} req/s (p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms)")
+    print(f"now: {n['rps']:,.0f} req/s (p50 {n['p50_ms']:.2f} ms, p99 {n['p99_ms']:.2f} ms)")
+    print(f"ratio now/{ref}, median of {rounds} paired rounds: {ratio:.3f} ({cpus.note})")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.compare", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--ref", required=True, help="the git ref to compare with (a commit, a tag)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
+    parser.add_argument("--rounds", type=int, default=7, help="pairs of runs (7)")
+    parser.add_argument("--groups", type=int, default=10000, help="registered groups to spread calls over")
+    args = parser.parse_args(argv)
+    try:
+        require_tools(need_node=False)
+        compare(args.ref, args.duration, args.rounds, args.groups)
+    except (BenchError, subprocess.CalledProcessError) as exc:
+        print(f"bench-compare: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
