@@ -1,4 +1,4 @@
-"""The TOML config (spec §7) as typed settings; anything wrong stops the service at start.
+"""The TOML config (docs/API.md §7) as typed settings; anything wrong stops the service at start.
 
 Unknown keys, a duplicate sdkappid, a missing secret or a bad group mode each raise
 `ConfigError` with a message naming the problem and where it is.
