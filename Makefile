@@ -9,11 +9,24 @@ PORT ?= 8080
 
 .DEFAULT_GOAL := help
 
+# Serving needs only the service's own dependencies (RUN_STAMP); the dev, test and
+# load-test tools (STAMP) are a superset, so installing them satisfies `make run` too.
+RUN_STAMP := $(VENV)/.installed-run
+# One image name and tag for `make image`, the README and deploy/base/kustomization.yaml
+# (tests/test_deploy.py checks they agree).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= group-counter:$(VERSION)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,loadtest]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 .PHONY: install  ## Create .venv and install the service with its dev tools
 install: $(STAMP)
@@ -24,10 +37,14 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl >/dev/null; \
 	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl" >&2; exit 1; fi; }
 
-.PHONY: run  ## Serve the API on $(HOST):$(PORT) with the embedded store and the dev config
-run: $(STAMP)
-	@$(PY) -m service curl-example --config $(DEV_CONFIG) --host $(HOST) --port $(PORT)
+.PHONY: run  ## Serve on HOST:PORT (default 127.0.0.1:8080) with the embedded store and the dev config
+run: $(RUN_STAMP)
+	@$(PY) -m service curl-example --config $(DEV_CONFIG) --host $(HOST) --port $(PORT) --require-free-port
 	$(PY) -m service --host $(HOST) --port $(PORT) --config $(DEV_CONFIG)
+
+.PHONY: image  ## Build the container image group-counter:VERSION (needs a Docker engine)
+image:
+	docker build -t $(IMAGE) .
 
 .PHONY: format  ## Fix formatting and autofixable lint
 format: $(STAMP)

@@ -3,13 +3,14 @@
 python -m service --host HOST --port PORT --config FILE   (serve is the default)
 python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
 python -m service check-config --config FILE
-python -m service curl-example --config FILE [--port PORT]
+python -m service curl-example --config FILE [--port PORT] [--require-free-port]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Final
@@ -85,7 +86,26 @@ def _usersig(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _port_is_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as uvicorn sets it, so a port in TIME_WAIT counts as free, as it is for uvicorn.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
+    if args.require_free_port and not _port_is_free(args.host, args.port):
+        # Printed lines would point at whatever already listens there.
+        print(
+            f"{args.host}:{args.port} is already in use: stop what listens there or pick another port "
+            "(make run PORT=8081)",
+            file=sys.stderr,
+        )
+        return 1
     app = _pick_app(settings, None)
     identifier = sorted(app.admins)[0]
     usersig = mint_usersig(app.sdkappid, app.secret_key, identifier, expire=86400)
@@ -126,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     curl = sub.add_parser("curl-example", help="print ready-to-paste curl lines")
     curl.add_argument("--host", default="127.0.0.1")
     curl.add_argument("--port", type=int, default=8080)
+    curl.add_argument(
+        "--require-free-port", action="store_true", help="print nothing and exit 1 if HOST:PORT is taken"
+    )
     for command in (serve, usersig, curl, sub.choices["check-config"]):
         command.add_argument("--config", required=True, help="TOML config file")
     args = parser.parse_args(args_in)
