@@ -28,8 +28,10 @@ def busy_port() -> Iterator[int]:
 
 def curl_example(port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", "curl-example", "--config", DEV_CONFIG]
-        + ["--host", "127.0.0.1", "--port", str(port), "--require-free-port"],
+        [
+            *(sys.executable, "-m", "service", "curl-example", "--config", DEV_CONFIG),
+            *("--host", "127.0.0.1", "--port", str(port), "--require-free-port"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -81,4 +83,5 @@ def test_make_run_installs_only_the_service_not_the_dev_or_loadtest_tools() -> N
     installs = [line for line in result.stdout.splitlines() if "pip install" in line]
     assert installs, result.stdout
     assert all(line.rstrip().endswith("pip install --quiet -e .") for line in installs), installs
-    assert "pytest" not in result.stdout and "locust" not in result.stdout
+    assert "pytest" not in result.stdout
+    assert "locust" not in result.stdout
