@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from service.app import CommandFirst
 
 CONFIG_ENV: Final = "SERVICE_CONFIG"
+# --metrics-port reaches uvicorn's worker processes through these, as the config path does.
+METRICS_HOST_ENV: Final = "SERVICE_METRICS_HOST"
+METRICS_PORT_ENV: Final = "SERVICE_METRICS_PORT"
 SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example")
 
 
@@ -34,6 +37,9 @@ def app_from_env() -> CommandFirst:
 
     settings = load_config(os.environ[CONFIG_ENV])
     setup_logging(settings.config.log_level, settings.config.log_format)
+    metrics_port = os.environ.get(METRICS_PORT_ENV)
+    if metrics_port:
+        return create_app(settings, metrics_address=(os.environ[METRICS_HOST_ENV], int(metrics_port)))
     return create_app(settings)
 
 
@@ -54,8 +60,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if args.metrics_port is not None and args.metrics_port == args.port:
+        raise ConfigError("--metrics-port must differ from --port")
     setup_logging(settings.config.log_level, settings.config.log_format)
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    if args.metrics_port is not None:
+        os.environ[METRICS_HOST_ENV] = args.host
+        os.environ[METRICS_PORT_ENV] = str(args.metrics_port)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share their metrics through files here; set before they start.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="group-counter-metrics-")
@@ -135,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
         "--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight calls on SIGTERM"
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve /metrics on this port (plain HTTP) instead of the API port"
     )
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
