@@ -15,7 +15,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY lua ./lua
-# The wheel ships lua/ as service/lua (pyproject's hatch force-include).
+COPY docs/openapi.json ./docs/openapi.json
+# The wheel ships lua/ as service/lua and docs/openapi.json as service/openapi.json
+# (pyproject's hatch force-include).
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install /wheels/*.whl
 

@@ -1,4 +1,4 @@
-"""The Starlette app: the command endpoint, the probes, /metrics, and 60009 for the rest.
+"""The Starlette app: the command endpoint, the probes, /metrics, /openapi.json, and 60009 for the rest.
 
 The path of a call is `endpoint.py`; this module wires routes and the lifespan
 (watch Redis come up, close it at the end).
@@ -21,6 +21,7 @@ from service.errors import ErrorCode
 from service.lifecycle import mark_draining_on_signals, tune_gc_for_serving
 from service.metrics import flush_every_second, metrics_endpoint
 from service.metrics_server import serve_metrics
+from service.openapi import openapi_document
 from service.probes import Readiness, healthz
 from service.store import EMBEDDED_URL, Store, open_store
 from service.urls import redacted
@@ -104,6 +105,7 @@ def create_app(
             # Starlette answer a plain 405 itself; the probes answer any method.
             Route("/healthz", healthz),
             Route("/readyz", readiness.check),
+            Route("/openapi.json", openapi_document),
             *([] if metrics_address else [Route("/metrics", metrics_endpoint)]),
         ],
         default=unknown_path,

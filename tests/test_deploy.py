@@ -640,6 +640,7 @@ def test_image_build_context_makes_a_wheel_with_the_lua_scripts(tmp_path: Path) 
     [wheel] = wheels.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "service/__main__.py" in names
+    assert "service/openapi.json" in names, "GET /openapi.json needs the document in the wheel"
     lua = sorted(p.relative_to(ROOT / "lua").as_posix() for p in (ROOT / "lua").rglob("*.lua"))
     assert lua, "no Lua scripts in lua/"
     assert sorted(n.removeprefix("service/lua/") for n in names if n.startswith("service/lua/")) == lua
