@@ -31,11 +31,15 @@ $(RUN_STAMP): pyproject.toml
 .PHONY: install  ## Create .venv and install the service with its dev tools
 install: $(STAMP)
 
-.PHONY: redis-server  ## Make sure redis-server, wrk, node and openssl exist (apt-get install when root)
+.PHONY: redis-server  ## Make sure redis-server, wrk, node, openssl and promtool exist (apt-get install when root)
 redis-server:
 	@{ command -v redis-server && command -v wrk && command -v node && command -v openssl; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl >/dev/null; \
 	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl" >&2; exit 1; fi; }
+	@# promtool checks deploy/monitoring's alerts; Debian ships it in the prometheus package.
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool is missing: sudo apt-get install --no-install-recommends prometheus" >&2; exit 1; fi; }
 
 .PHONY: run  ## Serve on HOST:PORT (default 127.0.0.1:8080) with the embedded store and the dev config
 run: $(RUN_STAMP)
