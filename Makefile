@@ -50,6 +50,33 @@ run: $(RUN_STAMP)
 image:
 	docker build -t $(IMAGE) .
 
+# make cert [CERT_DIR=certs] [CERT_HOSTS='DNS:console.tim.qq.com,DNS:localhost,IP:127.0.0.1']
+# A local CA (ca.pem: what clients trust) and a server certificate signed by it (cert.pem,
+# key.pem: what the service serves) whose subjectAltName covers the platform's host, so
+# an SDK with that host fixed verifies it after a DNS override (README, "Use your
+# existing SDK"). CERT_DIR is git-ignored; keys never leave it.
+CERT_DIR ?= certs
+CERT_HOSTS ?= DNS:console.tim.qq.com,DNS:localhost,IP:127.0.0.1
+
+.PHONY: cert  ## A local CA and a server certificate for the platform's host, localhost, 127.0.0.1 in CERT_DIR
+cert:
+	@command -v openssl >/dev/null 2>&1 || { echo "openssl is missing: apt-get install openssl" >&2; exit 1; }
+	@mkdir -p $(CERT_DIR) && chmod 700 $(CERT_DIR)
+	@openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj '/CN=group-counter local CA' \
+	  -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+	  -keyout $(CERT_DIR)/ca.key -out $(CERT_DIR)/ca.pem 2>/dev/null
+	@printf '%s\n' 'subjectAltName=$(CERT_HOSTS)' 'extendedKeyUsage=serverAuth' \
+	  'keyUsage=critical,digitalSignature,keyEncipherment' 'basicConstraints=critical,CA:FALSE' \
+	  'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' > $(CERT_DIR)/server.ext
+	@openssl req -newkey rsa:2048 -nodes -subj '/CN=group-counter' \
+	  -keyout $(CERT_DIR)/key.pem -out $(CERT_DIR)/server.csr 2>/dev/null
+	@openssl x509 -req -in $(CERT_DIR)/server.csr -CA $(CERT_DIR)/ca.pem -CAkey $(CERT_DIR)/ca.key \
+	  -CAcreateserial -days 825 -extfile $(CERT_DIR)/server.ext -out $(CERT_DIR)/cert.pem 2>/dev/null
+	@rm -f $(CERT_DIR)/server.csr $(CERT_DIR)/server.ext $(CERT_DIR)/ca.srl
+	@chmod 600 $(CERT_DIR)/ca.key $(CERT_DIR)/key.pem
+	@echo "$(CERT_DIR)/cert.pem + $(CERT_DIR)/key.pem: serve with --tls-cert/--tls-key ($(CERT_HOSTS))"
+	@echo "$(CERT_DIR)/ca.pem: make your clients trust it (e.g. REQUESTS_CA_BUNDLE=$(CERT_DIR)/ca.pem)"
+
 .PHONY: format  ## Fix formatting and autofixable lint
 format: $(STAMP)
 	$(VENV)/bin/ruff format service tests deploy/loadtest
