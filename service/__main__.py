@@ -2,7 +2,7 @@
 
 python -m service --host HOST --port PORT --config FILE   (serve is the default)
 python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
-python -m service check-config --config FILE
+python -m service check-config --config FILE [--connect]
 python -m service curl-example --config FILE [--port PORT] [--require-free-port]
 """
 
@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from typing import TYPE_CHECKING, Final
 
 from service.auth import mint_usersig
@@ -133,6 +134,41 @@ def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _check_connection(settings: Settings) -> int:
+    """check-config --connect: one real script round trip, as the readiness check runs it."""
+    import asyncio
+
+    from service.errors import ServiceError
+    from service.store import open_store
+    from service.urls import redacted
+
+    where = redacted(settings.redis_url)
+    if settings.redis_url == EMBEDDED_URL:
+        print("redis: the embedded store (memory://), nothing to connect to")
+        return 0
+
+    async def probe() -> float:
+        store = open_store(
+            settings.redis_url,
+            timeout=settings.config.redis_timeout,
+            max_pending=settings.config.redis_max_pending,
+        )
+        started = time.perf_counter()
+        try:
+            await store.probe()
+        finally:
+            await store.close()
+        return time.perf_counter() - started
+
+    try:
+        seconds = asyncio.run(probe())
+    except ServiceError as exc:
+        print(f"redis: {where} did not answer: {exc.info}", file=sys.stderr)
+        return 1
+    print(f"redis: {where} ran a script in {seconds * 1000:.1f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if not args_in or args_in[0] not in (*SUBCOMMANDS, "-h", "--help"):
@@ -156,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     usersig.add_argument("--sdkappid", type=int, help="default: the first app in the config")
     usersig.add_argument("--identifier", help="default: the app's first admin (sorted)")
     usersig.add_argument("--expire", type=int, default=180 * 86400, help="seconds (default 180 days)")
-    sub.add_parser("check-config", help="load the config and report problems")
+    check = sub.add_parser("check-config", help="load the config and report problems")
+    check.add_argument(
+        "--connect", action="store_true", help="also run a script on the configured Redis (REDIS_URL wins)"
+    )
     curl = sub.add_parser("curl-example", help="print ready-to-paste curl lines")
     curl.add_argument("--host", default="127.0.0.1")
     curl.add_argument("--port", type=int, default=8080)
@@ -180,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://"
                 )
-                return 0
+                return _check_connection(settings) if args.connect else 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
