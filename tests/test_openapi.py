@@ -21,6 +21,7 @@ import httpx2
 import pytest
 
 from service.auth import mint_usersig
+from service.errors import ErrorCode
 from tests.support import ADMIN, IMPLICIT_APP, REGISTERED_APP, SECRET_KEYS, RedisServer, ServiceProcess
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -85,6 +86,15 @@ def test_every_command_is_an_operation_of_the_document() -> None:
         assert list(operation) == ["post"], "every command is POST only"
         assert operation["post"]["operationId"] == command
     assert document()["openapi"].startswith("3.1.")
+
+
+def test_the_documents_name_every_error_code_the_service_has() -> None:
+    codes = {int(code) for code in ErrorCode if code != ErrorCode.OK}
+    failure = document()["components"]["schemas"]["Failure"]["properties"]["ErrorCode"]
+    assert set(failure["enum"]) == codes
+    table = (ROOT / "docs" / "API.md").read_text().split("## 6.", 1)[1].split("## 7.", 1)[0]
+    listed = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    assert listed == codes | {0}, "docs/API.md §6 lists every code"
 
 
 def test_the_service_serves_the_document_at_openapi_json(service: ServiceProcess) -> None:
