@@ -9,25 +9,73 @@ PORT ?= 8080
 
 .DEFAULT_GOAL := help
 
+# Serving needs only the service's own dependencies (RUN_STAMP); the dev, test and
+# load-test tools (STAMP) are a superset, so installing them satisfies `make run` too.
+RUN_STAMP := $(VENV)/.installed-run
+# One image name and tag for `make image`, the README and deploy/base/kustomization.yaml
+# (tests/test_deploy.py checks they agree).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= group-counter:$(VERSION)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,loadtest]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 .PHONY: install  ## Create .venv and install the service with its dev tools
 install: $(STAMP)
 
-.PHONY: redis-server  ## Make sure redis-server, wrk, node and openssl exist (apt-get install when root)
+.PHONY: redis-server  ## Make sure redis-server, wrk, node, openssl and promtool exist (apt-get install when root)
 redis-server:
 	@{ command -v redis-server && command -v wrk && command -v node && command -v openssl; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl >/dev/null; \
 	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl" >&2; exit 1; fi; }
+	@# promtool checks deploy/monitoring's alerts; Debian ships it in the prometheus package.
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool is missing: sudo apt-get install --no-install-recommends prometheus" >&2; exit 1; fi; }
 
-.PHONY: run  ## Serve the API on $(HOST):$(PORT) with the embedded store and the dev config
-run: $(STAMP)
-	@$(PY) -m service curl-example --config $(DEV_CONFIG) --host $(HOST) --port $(PORT)
+.PHONY: run  ## Serve on HOST:PORT (default 127.0.0.1:8080) with the embedded store and the dev config
+run: $(RUN_STAMP)
+	@$(PY) -m service curl-example --config $(DEV_CONFIG) --host $(HOST) --port $(PORT) --require-free-port
 	$(PY) -m service --host $(HOST) --port $(PORT) --config $(DEV_CONFIG)
+
+.PHONY: image  ## Build the container image group-counter:VERSION (needs a Docker engine)
+image:
+	docker build -t $(IMAGE) .
+
+# make cert [CERT_DIR=certs] [CERT_HOSTS='DNS:console.tim.qq.com,DNS:localhost,IP:127.0.0.1']
+# A local CA (ca.pem: what clients trust) and a server certificate signed by it (cert.pem,
+# key.pem: what the service serves) whose subjectAltName covers the platform's host, so
+# an SDK with that host fixed verifies it after a DNS override (README, "Use your
+# existing SDK"). CERT_DIR is git-ignored; keys never leave it.
+CERT_DIR ?= certs
+CERT_HOSTS ?= DNS:console.tim.qq.com,DNS:localhost,IP:127.0.0.1
+
+.PHONY: cert  ## A local CA and a server certificate for the platform's host, localhost, 127.0.0.1 in CERT_DIR
+cert:
+	@command -v openssl >/dev/null 2>&1 || { echo "openssl is missing: apt-get install openssl" >&2; exit 1; }
+	@mkdir -p $(CERT_DIR) && chmod 700 $(CERT_DIR)
+	@openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj '/CN=group-counter local CA' \
+	  -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+	  -keyout $(CERT_DIR)/ca.key -out $(CERT_DIR)/ca.pem 2>/dev/null
+	@printf '%s\n' 'subjectAltName=$(CERT_HOSTS)' 'extendedKeyUsage=serverAuth' \
+	  'keyUsage=critical,digitalSignature,keyEncipherment' 'basicConstraints=critical,CA:FALSE' \
+	  'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' > $(CERT_DIR)/server.ext
+	@openssl req -newkey rsa:2048 -nodes -subj '/CN=group-counter' \
+	  -keyout $(CERT_DIR)/key.pem -out $(CERT_DIR)/server.csr 2>/dev/null
+	@openssl x509 -req -in $(CERT_DIR)/server.csr -CA $(CERT_DIR)/ca.pem -CAkey $(CERT_DIR)/ca.key \
+	  -CAcreateserial -days 825 -extfile $(CERT_DIR)/server.ext -out $(CERT_DIR)/cert.pem 2>/dev/null
+	@rm -f $(CERT_DIR)/server.csr $(CERT_DIR)/server.ext $(CERT_DIR)/ca.srl
+	@chmod 600 $(CERT_DIR)/ca.key $(CERT_DIR)/key.pem
+	@echo "$(CERT_DIR)/cert.pem + $(CERT_DIR)/key.pem: serve with --tls-cert/--tls-key ($(CERT_HOSTS))"
+	@echo "$(CERT_DIR)/ca.pem: make your clients trust it (e.g. REQUESTS_CA_BUNDLE=$(CERT_DIR)/ca.pem)"
 
 .PHONY: format  ## Fix formatting and autofixable lint
 format: $(STAMP)

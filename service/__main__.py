@@ -2,16 +2,18 @@
 
 python -m service --host HOST --port PORT --config FILE   (serve is the default)
 python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
-python -m service check-config --config FILE
-python -m service curl-example --config FILE [--port PORT]
+python -m service check-config --config FILE [--connect]
+python -m service curl-example --config FILE [--port PORT] [--require-free-port]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import tempfile
+import time
 from typing import TYPE_CHECKING, Final
 
 from service.auth import mint_usersig
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from service.app import CommandFirst
 
 CONFIG_ENV: Final = "SERVICE_CONFIG"
+# --metrics-port reaches uvicorn's worker processes through these, as the config path does.
+METRICS_HOST_ENV: Final = "SERVICE_METRICS_HOST"
+METRICS_PORT_ENV: Final = "SERVICE_METRICS_PORT"
 SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example")
 
 
@@ -33,6 +38,9 @@ def app_from_env() -> CommandFirst:
 
     settings = load_config(os.environ[CONFIG_ENV])
     setup_logging(settings.config.log_level, settings.config.log_format)
+    metrics_port = os.environ.get(METRICS_PORT_ENV)
+    if metrics_port:
+        return create_app(settings, metrics_address=(os.environ[METRICS_HOST_ENV], int(metrics_port)))
     return create_app(settings)
 
 
@@ -53,8 +61,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if args.metrics_port is not None and args.metrics_port == args.port:
+        raise ConfigError("--metrics-port must differ from --port")
     setup_logging(settings.config.log_level, settings.config.log_format)
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    if args.metrics_port is not None:
+        os.environ[METRICS_HOST_ENV] = args.host
+        os.environ[METRICS_PORT_ENV] = str(args.metrics_port)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share their metrics through files here; set before they start.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="group-counter-metrics-")
@@ -85,7 +98,26 @@ def _usersig(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _port_is_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as uvicorn sets it, so a port in TIME_WAIT counts as free, as it is for uvicorn.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
+    if args.require_free_port and not _port_is_free(args.host, args.port):
+        # Printed lines would point at whatever already listens there.
+        print(
+            f"{args.host}:{args.port} is already in use: stop what listens there or pick another port "
+            "(make run PORT=8081)",
+            file=sys.stderr,
+        )
+        return 1
     app = _pick_app(settings, None)
     identifier = sorted(app.admins)[0]
     usersig = mint_usersig(app.sdkappid, app.secret_key, identifier, expire=86400)
@@ -99,6 +131,41 @@ def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
         f"curl -s '{base}/update_group_counter?{query}' "
         '-d \'{"GroupId":"demo","Mode":"Increase","GroupCounter":[{"Key":"like","Value":1}]}\''
     )
+    return 0
+
+
+def _check_connection(settings: Settings) -> int:
+    """check-config --connect: one real script round trip, as the readiness check runs it."""
+    import asyncio
+
+    from service.errors import ServiceError
+    from service.store import open_store
+    from service.urls import redacted
+
+    where = redacted(settings.redis_url)
+    if settings.redis_url == EMBEDDED_URL:
+        print("redis: the embedded store (memory://), nothing to connect to")
+        return 0
+
+    async def probe() -> float:
+        store = open_store(
+            settings.redis_url,
+            timeout=settings.config.redis_timeout,
+            max_pending=settings.config.redis_max_pending,
+        )
+        started = time.perf_counter()
+        try:
+            await store.probe()
+        finally:
+            await store.close()
+        return time.perf_counter() - started
+
+    try:
+        seconds = asyncio.run(probe())
+    except ServiceError as exc:
+        print(f"redis: {where} did not answer: {exc.info}", file=sys.stderr)
+        return 1
+    print(f"redis: {where} ran a script in {seconds * 1000:.1f} ms")
     return 0
 
 
@@ -116,16 +183,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--graceful-timeout", type=float, default=10.0, help="seconds to finish in-flight calls on SIGTERM"
     )
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve /metrics on this port (plain HTTP) instead of the API port"
+    )
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     usersig = sub.add_parser("usersig", help="mint a usersig for a configured app")
     usersig.add_argument("--sdkappid", type=int, help="default: the first app in the config")
     usersig.add_argument("--identifier", help="default: the app's first admin (sorted)")
     usersig.add_argument("--expire", type=int, default=180 * 86400, help="seconds (default 180 days)")
-    sub.add_parser("check-config", help="load the config and report problems")
+    check = sub.add_parser("check-config", help="load the config and report problems")
+    check.add_argument(
+        "--connect", action="store_true", help="also run a script on the configured Redis (REDIS_URL wins)"
+    )
     curl = sub.add_parser("curl-example", help="print ready-to-paste curl lines")
     curl.add_argument("--host", default="127.0.0.1")
     curl.add_argument("--port", type=int, default=8080)
+    curl.add_argument(
+        "--require-free-port", action="store_true", help="print nothing and exit 1 if HOST:PORT is taken"
+    )
     for command in (serve, usersig, curl, sub.choices["check-config"]):
         command.add_argument("--config", required=True, help="TOML config file")
     args = parser.parse_args(args_in)
@@ -143,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://"
                 )
-                return 0
+                return _check_connection(settings) if args.connect else 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

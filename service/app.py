@@ -1,4 +1,4 @@
-"""The Starlette app: the command endpoint, the probes, /metrics, and 60009 for the rest.
+"""The Starlette app: the command endpoint, the probes, /metrics, /openapi.json, and 60009 for the rest.
 
 The path of a call is `endpoint.py`; this module wires routes and the lifespan
 (watch Redis come up, close it at the end).
@@ -20,6 +20,8 @@ from service.endpoint import CommandEndpoint, send_reply
 from service.errors import ErrorCode
 from service.lifecycle import mark_draining_on_signals, tune_gc_for_serving
 from service.metrics import flush_every_second, metrics_endpoint
+from service.metrics_server import serve_metrics
+from service.openapi import openapi_document
 from service.probes import Readiness, healthz
 from service.store import EMBEDDED_URL, Store, open_store
 from service.urls import redacted
@@ -58,8 +60,13 @@ class CommandFirst:
             await self.router(scope, receive, send)
 
 
-def create_app(settings: Settings, store: Store | None = None) -> CommandFirst:
-    """The ASGI app; without `store`, one is made from `settings.redis_url`."""
+def create_app(
+    settings: Settings, store: Store | None = None, metrics_address: tuple[str, int] | None = None
+) -> CommandFirst:
+    """The ASGI app; without `store`, one is made from `settings.redis_url`.
+
+    With `metrics_address` (host, port), /metrics is served there instead of on the API port.
+    """
     config = settings.config
     store = store or open_store(
         settings.redis_url, timeout=config.redis_timeout, max_pending=config.redis_max_pending
@@ -79,9 +86,12 @@ def create_app(settings: Settings, store: Store | None = None) -> CommandFirst:
         tune_gc_for_serving()
         waiter = asyncio.create_task(store.wait_until_reachable(redacted(settings.redis_url)))
         flusher = asyncio.create_task(flush_every_second())
+        metrics_server = await serve_metrics(*metrics_address) if metrics_address else None
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.close()
             waiter.cancel()
             flusher.cancel()
             await store.close()
@@ -95,7 +105,8 @@ def create_app(settings: Settings, store: Store | None = None) -> CommandFirst:
             # Starlette answer a plain 405 itself; the probes answer any method.
             Route("/healthz", healthz),
             Route("/readyz", readiness.check),
-            Route("/metrics", metrics_endpoint),
+            Route("/openapi.json", openapi_document),
+            *([] if metrics_address else [Route("/metrics", metrics_endpoint)]),
         ],
         default=unknown_path,
         redirect_slashes=False,  # a 307 is not an answer the wire contract knows

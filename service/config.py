@@ -1,4 +1,4 @@
-"""The TOML config (spec §7) as typed settings; anything wrong stops the service at start.
+"""The TOML config (docs/API.md §7) as typed settings; anything wrong stops the service at start.
 
 Unknown keys, a duplicate sdkappid, a missing secret or a bad group mode each raise
 `ConfigError` with a message naming the problem and where it is.
@@ -6,10 +6,12 @@ Unknown keys, a duplicate sdkappid, a missing secret or a bad group mode each ra
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal, get_args
 
 import msgspec
 
@@ -76,12 +78,44 @@ def _resolve_secret(app: AppConfig, index: int, environ: Mapping[str, str]) -> s
     return app.secret_key
 
 
+_UNKNOWN_FIELD: Final = re.compile(
+    r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `(?P<path>[^`]+)`)?"
+)
+_BAD_ENUM: Final = re.compile(r"Invalid enum value .* - at `(?P<path>[^`]+)`")
+
+
+def _struct_at(path: str) -> type[msgspec.Struct]:
+    """The config Struct a msgspec error path points into: `$` or `$.apps[N]`."""
+    return AppConfig if path.startswith("$.apps") else Config
+
+
+def _explain(error: msgspec.ValidationError) -> str:
+    """msgspec's message, plus what would have been accepted: a misspelt key's likely
+    intended name, an enum's allowed values. People fix a config faster from a list
+    than from the word "invalid"."""
+    message = str(error)
+    if match := _UNKNOWN_FIELD.match(message):
+        names = [field.encode_name for field in msgspec.structs.fields(_struct_at(match["path"] or "$"))]
+        close = difflib.get_close_matches(match["field"], names, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(names)}"
+        return f"{message}; {hint}"
+    if match := _BAD_ENUM.match(message):
+        name = match["path"].rsplit(".", 1)[-1]
+        fields = {
+            field.encode_name: field.type for field in msgspec.structs.fields(_struct_at(match["path"]))
+        }
+        allowed = get_args(fields.get(name))
+        if allowed:
+            return f"{message}; allowed: {', '.join(repr(value) for value in allowed)}"
+    return message
+
+
 def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     try:
         config = msgspec.toml.decode(text.encode(), type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(_explain(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from exc
     if not config.apps:

@@ -151,8 +151,14 @@ def _registry() -> CollectorRegistry | None:
     return registry
 
 
-async def metrics_endpoint(_: Request) -> Response:
+def render() -> tuple[bytes, str]:
+    """The exposition text (every worker's, in multiprocess mode) and its content type."""
     TALLY.flush()
     registry = _registry()
     payload = generate_latest(registry) if registry is not None else generate_latest()
-    return Response(payload, media_type=CONTENT_TYPE_LATEST)
+    return payload, CONTENT_TYPE_LATEST
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    payload, content_type = render()
+    return Response(payload, media_type=content_type)

@@ -1,7 +1,7 @@
-"""Field rules that a JSON type cannot express (spec §3, §4).
+"""Field rules that a JSON type cannot express (docs/API.md §3, §4).
 
 Each function raises `ServiceError` or returns the checked value. The order of
-checks across a request follows the spec: every 10004 first, then 10015 (GroupId),
+checks across a request follows docs/API.md §6: every 10004 first, then 10015 (GroupId),
 then 10063 (too many items), so callers run `check_keys` before `check_group_id`
 before `check_item_count`.
 """

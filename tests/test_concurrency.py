@@ -1,4 +1,4 @@
-"""Two service processes on one redis-server, many concurrent clients (spec §3: one atomic script).
+"""Two service processes on one redis-server, many concurrent clients (docs/API.md §3: one atomic script).
 
 No Increase may be lost between replicas, and racing requests that add new Keys must
 never leave a group with more than 20 keys.

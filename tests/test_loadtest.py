@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -122,9 +123,11 @@ def _locust(
     seconds: int = 5,
     sdkappid: int = REGISTERED_APP,
     workers: int = 0,
+    secret_key: str | None = None,
 ) -> LoadtestRun:
     """Runs the kit headless (with `workers` local worker processes) and waits for it."""
-    environ = {**os.environ, "LOADTEST_SECRET_KEY": SECRET_KEYS[sdkappid], "PYTHONUNBUFFERED": "1"}
+    key = SECRET_KEYS[sdkappid] if secret_key is None else secret_key
+    environ = {**os.environ, "LOADTEST_SECRET_KEY": key, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     master_port = free_port()
     worker_processes = [
@@ -189,7 +192,11 @@ def _assert_passed(run: LoadtestRun) -> None:
 def test_a_short_run_on_the_real_service_passes(service_url: str, tmp_path: Path) -> None:
     run = _locust(tmp_path, service_url, "--group-mode", "registered")
     _assert_passed(run)
-    assert (tmp_path / "report.html").stat().st_size > 0
+    # The HTML report carries the verdict and the summary, not only summary.txt.
+    report = (tmp_path / "report.html").read_text()
+    assert '<section id="group-counter-verdict"' in report
+    assert "Exactness verdict: PASSED" in report
+    assert "lost updates:        0" in report
     # Every mode and command was driven, and the groups were really read back.
     assert "update_group_counter Set" in run.output
     assert "update_group_counter Decrease" in run.output
@@ -335,3 +342,24 @@ def test_the_kubernetes_manifests_render_and_validate() -> None:
     master = found["Deployment", "locust-master"]["spec"]["template"]["spec"]["containers"][0]
     assert "env" not in master
     assert {port["port"] for port in found["Service", "locust-master"]["spec"]["ports"]} == {5557, 8089}
+
+
+@pytest.mark.parametrize("mode", ["registered", "implicit"])
+def test_a_wrong_secret_key_stops_the_run_at_once_saying_so(
+    service_url: str, tmp_path: Path, mode: str
+) -> None:
+    started = time.monotonic()
+    sdkappid = REGISTERED_APP if mode == "registered" else IMPLICIT_APP
+    run = _locust(
+        tmp_path, service_url, "--group-mode", mode, seconds=60, sdkappid=sdkappid, secret_key="wrong"
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"ran {elapsed:.0f} s of its 60 s after every call was refused"
+    assert run.returncode == 2, run.explain()
+    assert run.summary["verdict"].startswith("FAILED: stopped at the first call: 70009"), run.explain()
+    assert "wrong secret key?" in run.summary_text
+    assert run.output.count("wrong secret key?") == 1, "said once, not once per user"
+    assert "Traceback" not in run.output, run.explain()
+    report = (tmp_path / "report.html").read_text()
+    assert "Exactness verdict: FAILED" in report
+    assert "wrong secret key?" in report

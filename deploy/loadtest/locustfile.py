@@ -57,11 +57,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import itertools
 import json
 import logging
 import os
 import random
+import re
 import secrets
 import sys
 import time
@@ -93,6 +95,17 @@ VERDICT_MESSAGE: Final = "loadtest_verdict"
 VERIFY_MESSAGE: Final = "loadtest_verify"
 # Unique per process: with the user number it makes GroupIds unique across workers.
 PROCESS_TOKEN: Final = secrets.token_hex(4)
+# Answers about who calls, not about what: every later call would get the same, so the
+# run stops at the first one with this advice instead of idling for its whole duration.
+SETUP_ERRORS: Final = {
+    60006: "the service has no app {sdkappid}: check --sdkappid (LOADTEST_SDKAPPID)",
+    60010: "{identifier!r} is not an admin of app {sdkappid}: check --identifier (LOADTEST_IDENTIFIER)",
+    70003: "the service cannot decode the kit's usersig: is TARGET this service?",
+    70009: "wrong secret key? The usersig's signature does not match app {sdkappid}'s key: "
+    "set LOADTEST_SECRET_KEY to that app's secret key",
+    70013: "the usersig was refused for identifier {identifier!r}",
+    70014: "the usersig was refused for sdkappid {sdkappid}",
+}
 
 # The possible values of one key: a set of ints (None = absent), or None once unverifiable.
 Possible = set[int | None] | None
@@ -398,6 +411,8 @@ class ProcessState:
     users: itertools.count[int] = field(default_factory=itertools.count)
     worker_verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
     final: Tally | None = None
+    # Why the run was stopped early (SETUP_ERRORS), if it was.
+    fatal: str = ""
     missing_workers: int = 0
     workers: int = 0
     started: float = field(default_factory=time.time)
@@ -410,6 +425,7 @@ class ProcessState:
         self.verified = False
         self.worker_verdicts = {}
         self.final = None
+        self.fatal = ""
         self.missing_workers = 0
         self.workers = 0
 
@@ -456,13 +472,15 @@ class GroupCounterUser(FastHttpUser):
         for index in range(settings.groups):
             group_id = f"lt-{settings.run_id}-{PROCESS_TOKEN}-{number}-{index}"
             if settings.registered and not self._create(group_id):
+                if STATE.fatal:
+                    return  # the run is stopping; the reason is logged once
                 continue
             model = GroupModel(group_id, {key: {None} for key in key_names})
             self.groups.append(model)
             STATE.models.append(model)
         if not self.groups:
             logger.error("user %d owns no group (create_group failed): stopping it", number)
-            raise StopUser
+            raise StopUser  # locust logs this one with a traceback; the reason is the line above
         operations = [name for name in OPERATIONS if settings.mix[name]]
         self.operations = operations
         self.weights = [settings.mix[name] for name in operations]
@@ -482,6 +500,8 @@ class GroupCounterUser(FastHttpUser):
                 STATE.tally.errors[label] += 1
                 info = reply.get("ErrorInfo", "") if reply else ""
                 response.failure(f"{label} {info}".strip())
+        if reply is not None and reply["ErrorCode"] in SETUP_ERRORS:
+            stop_for_setup_error(self.environment, reply["ErrorCode"], reply.get("ErrorInfo", ""))
         return outcome, reply
 
     def _create(self, group_id: str) -> bool:
@@ -496,7 +516,8 @@ class GroupCounterUser(FastHttpUser):
             if outcome == "failed" and reply is not None and reply["ErrorCode"] == 10021 and maybe_ours:
                 return True
             if outcome == "failed":
-                logger.error("create_group %s failed: %s", group_id, reply)
+                if not STATE.fatal:
+                    logger.error("create_group %s failed: %s", group_id, reply)
                 return False
             maybe_ours = True
             gevent.sleep(0.1 * (attempt + 1))
@@ -504,6 +525,9 @@ class GroupCounterUser(FastHttpUser):
 
     @task
     def counter_call(self) -> None:
+        if STATE.fatal:
+            gevent.sleep(1)  # the run is quitting (stop_for_setup_error); nothing more to send
+            return
         operation = random.choices(self.operations, self.weights)[0]
         group = random.choice(self.groups)
         keys = list(group.keys)
@@ -541,6 +565,23 @@ class GroupCounterUser(FastHttpUser):
             call.apply_unknown()
 
 
+def stop_for_setup_error(environment: Environment, code: int, info: str) -> None:
+    """Stop the whole run (this process's, on a worker) once, saying what to fix."""
+    if STATE.fatal:
+        return
+    settings = STATE.settings
+    advice = SETUP_ERRORS[code].format(
+        sdkappid=settings.sdkappid if settings else "?", identifier=settings.identifier if settings else "?"
+    )
+    STATE.fatal = f"stopped at the first call: {code} {info!r}; {advice}"
+    logger.error("%s", STATE.fatal)
+    environment.process_exit_code = 2
+    runner = environment.runner
+    if runner is not None:
+        # From a user's own greenlet: quitting here would kill the caller mid-way.
+        gevent.spawn_later(0, runner.quit)
+
+
 # ---------------------------------------------------------------------------- verification
 
 
@@ -576,7 +617,8 @@ def _read_back(host: str, signer: Signer, group: GroupModel) -> dict[str, int] |
 def verify_process(environment: Environment) -> Tally:
     """Reads back every group of this process's users and counts against the model."""
     tally = STATE.tally
-    if STATE.verified or STATE.signer is None or STATE.settings is None:
+    # After a setup error every read-back would be refused the same way: nothing to verify.
+    if STATE.verified or STATE.signer is None or STATE.settings is None or STATE.fatal:
         STATE.verified = True
         return tally
     STATE.verified = True
@@ -682,7 +724,7 @@ def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
         final = verify_process(environment)
     STATE.final = final
     passed, _ = verdict(final, STATE.missing_workers)
-    if not passed:
+    if not passed and environment.process_exit_code is None:
         environment.process_exit_code = 1
     text = summary(environment)
     logger.info("load test verdict: %s", "PASSED" if passed else "FAILED")
@@ -725,6 +767,33 @@ def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
+    html_file = getattr(options, "html_file", None) if options is not None else None
+    if html_file and os.path.isfile(html_file):
+        passed, _ = verdict(STATE.final, STATE.missing_workers)
+        add_verdict_to_report(html_file, text, passed)
+
+
+def add_verdict_to_report(html_file: str, text: str, passed: bool) -> None:
+    """Put the verdict and summary at the top of Locust's HTML report.
+
+    Locust writes the report before it fires `quitting`, with no hook for a section of
+    our own; the page is a React app mounted on one element, so a block before that
+    element shows above the charts without touching them.
+    """
+    word, colour = ("PASSED", "#1b7f3b") if passed else ("FAILED", "#b3261e")
+    block = (
+        '<section id="group-counter-verdict" style="font-family:sans-serif;margin:16px;padding:12px;'
+        f'border:3px solid {colour};border-radius:6px">'
+        f'<h1 style="color:{colour};margin:0 0 8px">Exactness verdict: {word}</h1>'
+        f'<pre style="margin:0;white-space:pre-wrap">{html.escape(text)}</pre></section>'
+    )
+    with open(html_file, encoding="utf-8") as file:
+        page = file.read()
+    marker = re.search(r"<body[^>]*>", page)
+    at = marker.end() if marker else 0
+    with open(html_file, "w", encoding="utf-8") as file:
+        file.write(page[:at] + block + page[at:])
+    logger.info("verdict added to %s", html_file)
 
 
 # ---------------------------------------------------------------------------- verdict
@@ -740,7 +809,9 @@ def verdict(tally: Tally, missing_workers: int) -> tuple[bool, list[str]]:
         reasons.append(f"{tally.unreadable_groups} group(s) could not be read back")
     if missing_workers:
         reasons.append(f"{missing_workers} worker(s) sent no verdict")
-    if not tally.checked_keys:
+    if STATE.fatal:
+        reasons.insert(0, STATE.fatal)
+    elif not tally.checked_keys:
         reasons.append("no key was checked")
     return not reasons, reasons
 

@@ -1,0 +1,161 @@
+"""docs/openapi.json: served at /openapi.json, and every answer of a real service matches it.
+
+schemathesis generates requests for every operation of the document (its coverage and
+fuzzing phases) against `python -m service` on a redis-server of our own, with a valid
+usersig so the bodies reach the commands, and checks each answer: no 5xx, a declared
+status code, content type, headers and a body that matches the declared schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import httpx2
+import pytest
+
+from service.auth import mint_usersig
+from service.errors import ErrorCode
+from tests.support import ADMIN, IMPLICIT_APP, REGISTERED_APP, SECRET_KEYS, RedisServer, ServiceProcess
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+DOCUMENT: Final = ROOT / "docs" / "openapi.json"
+COMMANDS: Final = (
+    "update_group_counter",
+    "get_group_counter",
+    "delete_group_counter",
+    "create_group",
+    "destroy_group",
+)
+CHECKS: Final = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
+# Per operation and phase; the whole run stays within a few seconds per app.
+MAX_EXAMPLES: Final = 30
+
+
+def document() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DOCUMENT.read_text())
+    return loaded
+
+
+def ready(base_url: str) -> bool:
+    try:
+        return httpx2.get(f"{base_url}/readyz").status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    redis_server = RedisServer().start()
+    folder = tmp_path_factory.mktemp("openapi")
+    config = folder / "config.toml"
+    config.write_text(
+        f'redis_url = "{redis_server.url}"\nlog_format = "json"\n'
+        + "".join(
+            f'[[apps]]\nsdkappid = {app}\nsecret_key = "{SECRET_KEYS[app]}"\nadmins = ["{ADMIN}"]\n'
+            f'groups = "{mode}"\n'
+            for app, mode in ((REGISTERED_APP, "registered"), (IMPLICIT_APP, "implicit"))
+        )
+    )
+    process = ServiceProcess.start(config)
+    try:
+        process.wait_until(lambda: ready(process.base_url))
+        yield process
+    finally:
+        process.stop()
+        redis_server.stop()
+
+
+def test_every_command_is_an_operation_of_the_document() -> None:
+    paths = document()["paths"]
+    assert sorted(paths) == sorted(f"/v4/group_open_http_svc/{c}" for c in COMMANDS)
+    for command in COMMANDS:
+        operation = paths[f"/v4/group_open_http_svc/{command}"]
+        assert list(operation) == ["post"], "every command is POST only"
+        assert operation["post"]["operationId"] == command
+    assert document()["openapi"].startswith("3.1.")
+
+
+def test_the_documents_name_every_error_code_the_service_has() -> None:
+    codes = {int(code) for code in ErrorCode if code != ErrorCode.OK}
+    failure = document()["components"]["schemas"]["Failure"]["properties"]["ErrorCode"]
+    assert set(failure["enum"]) == codes
+    table = (ROOT / "docs" / "API.md").read_text().split("## 6.", 1)[1].split("## 7.", 1)[0]
+    listed = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    assert listed == codes | {0}, "docs/API.md §6 lists every code"
+
+
+def test_the_service_serves_the_document_at_openapi_json(service: ServiceProcess) -> None:
+    response = httpx2.get(f"{service.base_url}/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == document()
+
+
+def access_lines(log: Path) -> list[dict[str, Any]]:
+    lines = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("logger") == "service.access":
+                lines.append(record)
+    return lines
+
+
+@pytest.mark.parametrize("sdkappid", [REGISTERED_APP, IMPLICIT_APP])
+def test_every_answer_to_generated_calls_matches_the_document(
+    service: ServiceProcess, tmp_path: Path, sdkappid: int
+) -> None:
+    # Fixed, valid query parameters: the generated bodies and headers reach the commands.
+    usersig = mint_usersig(sdkappid, SECRET_KEYS[sdkappid], ADMIN)
+    settings = tmp_path / "schemathesis.toml"
+    settings.write_text(
+        "[parameters]\n"
+        f'"query.sdkappid" = {sdkappid}\n'
+        f'"query.identifier" = "{ADMIN}"\n'
+        f'"query.usersig" = "{usersig}"\n'
+        '"query.random" = 7\n'
+        '"query.contenttype" = "json"\n'
+    )
+    before = len(access_lines(service.log))
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "schemathesis.cli", "--config-file", str(settings), "--no-color"),
+            *("run", str(DOCUMENT), "--url", service.base_url, "--checks", ",".join(CHECKS)),
+            *("--max-examples", str(MAX_EXAMPLES), "--seed", "1", "--workers", "1"),
+            *("--phases", "examples,coverage,fuzzing", "--request-timeout", "10"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert re.search(r"Selected: 5/5", output), output[-3000:]
+    assert re.search(r"Tested: 5\b", output), output[-3000:]
+
+    # The run reached the commands themselves: with implicit groups every command succeeded
+    # at least once; with registered ones groups were created and counter calls on groups
+    # that were never created reached the group check (10010).
+    calls = access_lines(service.log)[before:]
+    codes = Counter((line["command"], line["error_code"]) for line in calls)
+    if sdkappid == IMPLICIT_APP:
+        assert all(codes[(command, 0)] for command in COMMANDS), codes
+    else:
+        assert codes[("create_group", 0)], codes
+        assert any(codes[(command, 10010)] for command in COMMANDS), codes
+    assert not [line for line in calls if line["error_code"] == 10002], "internal errors"
