@@ -90,7 +90,8 @@ class CommandEndpoint:
             app = self.access.authorize(scope["query_string"])
             sdkappid = app.sdkappid
             call = Call(self.store, app, _idempotency_key(scope))
-            await call.limit.before_body()
+            if call.limit.before_body:  # its window is in another slot: counted on its own, first
+                await call.limit.count_alone()
             try:
                 request = command.decode(await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)

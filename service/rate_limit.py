@@ -28,15 +28,15 @@ _OVER_LIMIT: Final = "the app's rate limit of {} calls per second is exceeded"
 class RateLimit:
     """One call's count against its app's limit."""
 
+    __slots__ = ("_app", "_counted", "_store", "before_body")
+
     def __init__(self, store: Store, app: App) -> None:
         self._store = store
         self._app = app
         self._counted = not app.rate_limit
-
-    async def before_body(self) -> None:
-        """Count now where no command script can carry the count."""
-        if not self._store.cross_slot_scripts:
-            await self.count_alone()
+        # Whether to count before the body is read, where no command script can carry the
+        # count (a plain attribute: the endpoint tests it on every call without an await).
+        self.before_body = not self._counted and not store.cross_slot_scripts
 
     def in_script(self, group: str) -> tuple[str, ScriptArg]:
         """KEYS[2] and ARGV[2] of a command script: the app's window and limit when the

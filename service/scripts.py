@@ -53,9 +53,6 @@ class ScriptCall:
     keys: Sequence[str]
     args: Sequence[ScriptArg]
 
-    def __post_init__(self) -> None:
-        assert len(self.keys) == self.script.keys, f"{self.script.name} takes {self.script.keys} keys"
-
 
 UPDATE_COUNTERS: Final = Script("update_counters", keys=3)
 GET_COUNTERS: Final = Script("get_counters", keys=2)

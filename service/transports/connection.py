@@ -98,6 +98,9 @@ class _Link(asyncio.Protocol):
     def __init__(self, owner: PipelinedConnection) -> None:
         self._owner = owner
         self._loop = owner.loop
+        self._max_batch = owner.max_batch
+        self._timeout = owner.timeout
+        self._on_flush = owner.on_flush
         self._reader = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
         # Futures of the calls written on this link without a reply yet, then the
@@ -149,7 +152,7 @@ class _Link(asyncio.Protocol):
         future: asyncio.Future[Any] = self._loop.create_future()
         self.waiting.append(future)
         self._buffer.append(packed)
-        if len(self._buffer) >= self._owner.max_batch:
+        if len(self._buffer) >= self._max_batch:
             self._write()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -168,11 +171,11 @@ class _Link(asyncio.Protocol):
         payload, self._buffer = b"".join(self._buffer), []
         transport.write(payload)
         self.written += count
-        self._owner.on_flush(count)
+        self._on_flush(count)
         # The timer holds a number, not the futures: holding 1 s worth of futures and
         # their replies kept ~20k objects per second alive for the garbage collector
         # to walk, in pauses of 5 to 20 ms under load.
-        self._loop.call_later(self._owner.timeout, self._expire, self.written)
+        self._loop.call_later(self._timeout, self._expire, self.written)
 
     def _expire(self, written: int) -> None:
         """Close the link if a call up to command number `written` still has no reply.
@@ -187,7 +190,7 @@ class _Link(asyncio.Protocol):
         overdue = len(self.waiting) - len(self._buffer) - (self.written - written)
         if overdue <= 0:
             return
-        timeout = self._owner.timeout
+        timeout = self._timeout
         error = RedisTimeoutError(f"redis did not answer within {timeout} s")
         for future in itertools.islice(self.waiting, overdue):
             if not future.done():
