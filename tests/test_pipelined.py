@@ -498,3 +498,23 @@ def test_a_percent_encoded_password_in_the_url_is_decoded(password_redis: RedisS
         return reply
 
     assert asyncio.run(scenario()) == b"PONG"
+
+
+def test_tcp_keepalive_is_on_for_the_redis_connection(redis_server: RedisServer) -> None:
+    async def scenario() -> tuple[int, int]:
+        connection = PipelinedConnection(redis_server.url, timeout=2.0)
+        await connection.execute("PING")
+        link = connection._link
+        assert link is not None
+        assert link._transport is not None
+        sock = link._transport.get_extra_info("socket")
+        settings = (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        )
+        connection.close()
+        return settings
+
+    keepalive, idle = asyncio.run(scenario())
+    assert keepalive == 1
+    assert idle <= 30

@@ -8,11 +8,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ReadOnlyError
 from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.scripts import GET_COUNTERS, ScriptCall
 from service.store import open_store
+from service.transports.sentinel import SentinelTransport
+from service.urls import parse
 from tests.support import REGISTERED_APP, Api, group_key
 from tests.topologies import MASTER_NAME, SentinelSetup, wait_for
 
@@ -116,3 +120,46 @@ def test_the_eviction_warning_reads_the_masters_config_through_the_sentinels(
 
     assert asyncio.run(check()) == "allkeys-lru"
     assert "REDIS CAN EVICT COUNTERS" in caplog.text
+
+
+def test_a_connection_fault_makes_the_service_ask_the_sentinels_at_once() -> None:
+    """READONLY (a demoted master) is a connection fault: the watcher drops idle
+    connections and asks the sentinels now, not at its next 0.5 s tick."""
+    asked: list[float] = []
+    dropped: list[bool] = []
+
+    async def scenario() -> tuple[Any, float]:
+        transport = SentinelTransport(parse("redis+sentinel://127.0.0.1:1/m"), timeout=1.0, max_pending=10)
+
+        async def discover(name: str) -> tuple[str, int]:
+            asked.append(time.monotonic())
+            return ("127.0.0.1", 6379)
+
+        async def answers(*args: Any, **kwargs: Any) -> Any:
+            return True
+
+        async def demoted(*args: Any) -> Any:
+            raise ReadOnlyError("You can't write against a read only replica.")
+
+        async def disconnect(inuse_connections: bool = True) -> None:
+            dropped.append(inuse_connections)
+
+        transport.sentinel.discover_master = discover  # type: ignore[method-assign,assignment]
+        transport.client.ping = answers  # type: ignore[method-assign]
+        transport.client.execute_command = demoted  # type: ignore[method-assign]
+        transport.client.connection_pool.disconnect = disconnect  # type: ignore[method-assign]
+        await transport.ping()  # starts the watcher, which asks once
+        await asyncio.sleep(0.1)
+        faulted_at = time.monotonic()
+        call = ScriptCall(GET_COUNTERS, ["{1:g}", "{1:g}"], ["0", "0"])
+        error = (await asyncio.gather(transport.run_script(call), return_exceptions=True))[0]
+        await asyncio.sleep(0.2)
+        assert transport._watcher is not None
+        transport._watcher.cancel()
+        return error, faulted_at
+
+    error, faulted_at = asyncio.run(scenario())
+    assert isinstance(error, ReadOnlyError)
+    assert len(asked) == 2, f"asked {len(asked)} times: not again at once after the fault"
+    assert asked[1] - faulted_at < 0.3
+    assert dropped == [False]
