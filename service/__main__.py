@@ -30,9 +30,23 @@ SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example")
 def app_from_env() -> CommandFirst:
     """uvicorn's factory: each worker process loads the config named in the environment."""
     from service.app import create_app
+    from service.protocol import HttpLimits, LimitedHttpToolsProtocol
 
     settings = load_config(os.environ[CONFIG_ENV])
     setup_logging(settings.config.log_level, settings.config.log_format)
+    config = settings.config
+    LimitedHttpToolsProtocol.configure(
+        HttpLimits(
+            max_header_bytes=config.max_header_bytes,
+            max_url_bytes=config.max_url_bytes,
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            send_timeout=config.send_timeout,
+            max_connections=config.max_connections,
+            max_pipelined=config.max_pipelined,
+        )
+    )
     return create_app(settings)
 
 
@@ -66,7 +80,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol with the edge limits of the config (service/protocol.py).
+        http="service.protocol:LimitedHttpToolsProtocol",
+        # Nothing here speaks WebSocket; with a WebSocket library installed, uvicorn would
+        # otherwise hand any path an upgraded connection.
+        ws="none",
         access_log=False,
         # Nothing here reads the client address, so X-Forwarded-* parsing is per-call waste.
         proxy_headers=False,
