@@ -13,7 +13,6 @@ still runs on every call: an expired usersig never passes.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import time
@@ -75,7 +74,10 @@ def _decode(usersig: str) -> UsersigDocument:
         if inflater.unconsumed_tail:
             raise undecodable
         document = _document_decoder.decode(raw)
-    except (UnicodeEncodeError, binascii.Error, zlib.error, msgspec.DecodeError) as exc:
+    except (ValueError, zlib.error, RecursionError) as exc:
+        # ValueError: base64 (binascii.Error), a non-ASCII usersig (UnicodeEncodeError),
+        # bytes that are not UTF-8 in the inflated JSON (UnicodeDecodeError), bad JSON or
+        # a bad field (msgspec.DecodeError).
         raise undecodable from exc
     if document.ver != "2.0":
         raise ServiceError(ErrorCode.USERSIG_UNDECODABLE, "usersig TLS.ver is not 2.0")
@@ -117,9 +119,12 @@ class UsersigVerifier:
     def _prove(self, usersig: str, sdkappid: int, identifier: str) -> _Proven:
         document = _decode(usersig)
         self._check_claims(document.sdkappid, document.identifier, sdkappid, identifier)
-        content = _signed_content(
-            document.identifier, document.sdkappid, document.time, document.expire, document.userbuf
-        )
+        try:
+            content = _signed_content(
+                document.identifier, document.sdkappid, document.time, document.expire, document.userbuf
+            )
+        except UnicodeEncodeError:  # a lone surrogate (\ud800) in TLS.userbuf: no generator signs that
+            raise ServiceError(ErrorCode.USERSIG_UNDECODABLE, "usersig TLS.userbuf is not text") from None
         expected = _signature(self._secret_keys[sdkappid], content)
         if not hmac.compare_digest(expected, document.sig.encode()):
             raise ServiceError(

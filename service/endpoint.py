@@ -18,7 +18,7 @@ from typing import Final
 from starlette.types import Receive, Scope, Send
 
 from service.access import Access
-from service.body import BodyTooLarge, ClientGone, read_body
+from service.body import BodyTooLarge, ClientGone, decode_request, read_body
 from service.call import Call
 from service.commands import COMMANDS
 from service.config import Settings
@@ -93,7 +93,7 @@ class CommandEndpoint:
             if not self.store.limiter_shares_call:
                 await call.count_against_limit()  # its window is in another slot: before the body
             try:
-                request = command.decode(await read_body(scope, receive, self.max_body_bytes))
+                request = decode_request(command, await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)
                 call.check_idempotency_key()
                 payload = await command.run(call, request)
@@ -109,6 +109,7 @@ class CommandEndpoint:
             code, status = ErrorCode.BAD_BODY, 413
             payload = encode_error(code, str(exc))
         except ClientGone:
+            log.debug("the client left before sending its whole body (%s)", name)
             return
         except Exception:
             code = ErrorCode.INTERNAL
@@ -118,7 +119,13 @@ class CommandEndpoint:
             TALLY.in_flight -= 1
 
         request_id = self.request_ids(scope)
-        await send_reply(send, status, payload, request_id)
+        try:
+            await send_reply(send, status, payload, request_id)
+        except RuntimeError as exc:
+            # uvloop closes a reset connection's transport before uvicorn hears of it, and
+            # uvicorn's send then raises: a client that left, not a fault of ours.
+            log.debug("the client left before its answer (%s): %s", name, exc)
+            return
 
         elapsed = time.perf_counter() - started
         label = name if command is not None else "unknown"
