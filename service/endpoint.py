@@ -69,7 +69,11 @@ class CommandEndpoint:
     def __init__(self, settings: Settings, store: Store, prefix: str) -> None:
         self.prefix_length = len(prefix)
         self.store = store
-        self.access = Access(settings.apps, cache_size=settings.config.usersig_cache_size)
+        self.access = Access(
+            settings.apps,
+            cache_size=settings.config.usersig_cache_size,
+            cache_bytes=settings.config.usersig_cache_bytes,
+        )
         self.max_body_bytes = settings.config.max_body_bytes
         self.request_ids = RequestIds()
 
