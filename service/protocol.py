@@ -49,6 +49,9 @@ log = logging.getLogger("service.http")
 # it bounds how many requests one read can queue past `max_pipelined` (a read can be
 # 256 KB, thousands of minimal requests). A usual request fits in one slice.
 _SLICE: Final = 4096
+# Headers spread over several reads are fed in smaller slices: the one that ends them
+# is not counted (it may hold a body), so the header count is short by less than this.
+_HEADER_SLICE: Final = 1024
 _SWEEP_SECONDS: Final = 1.0
 _NEVER: Final = math.inf
 
@@ -209,11 +212,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        if len(data) <= _SLICE:
-            self._parse(data)
+        if len(data) <= _SLICE and not self._in_headers:
+            self._parse(data)  # the usual read: one whole request
             return
         view = memoryview(data)
-        for start in range(0, len(data), _SLICE):
+        start, end = 0, len(data)
+        while start < end:
             if self.transport.is_closing():
                 return
             if len(self.pipeline) >= self.limits.max_pipelined or self.flow.write_paused:
@@ -221,7 +225,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._heavy = True
                 self.flow.pause_reading()
                 return
-            self._parse(view[start : start + _SLICE])
+            step = _HEADER_SLICE if self._in_headers else _SLICE
+            self._parse(view[start : start + step])
+            start += step
 
     def _parse(self, data: bytes | memoryview) -> None:
         self._completed_in_feed = False
@@ -249,6 +255,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._answer_and_close(_HEADERS_TOO_LARGE)
 
     def _answer_and_close(self, answer: bytes) -> None:
+        # A refused request usually arrived in large reads: give their memory back.
+        self._heavy = bool(answer)
         self._in_headers = False
         self._deadline = _NEVER
         cycle = self.cycle
