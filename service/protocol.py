@@ -233,8 +233,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._completed_in_feed = False
         try:
             self.parser.feed_data(data)
-        except _Rejected:
-            return
         except httptools.HttpParserUpgrade:
             # No WebSocket here (uvicorn runs with ws="none"): the request is answered as
             # any other; the upgrade is ignored, and not worth a warning per request.
@@ -256,7 +254,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _answer_and_close(self, answer: bytes) -> None:
         # A refused request usually arrived in large reads: give their memory back.
-        self._heavy = bool(answer)
+        self._heavy = self._heavy or bool(answer)
         self._in_headers = False
         self._deadline = _NEVER
         cycle = self.cycle
