@@ -9,7 +9,9 @@ python -m service curl-example --config FILE [--port PORT]
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import resource
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Final
@@ -58,6 +60,20 @@ def _pick_app(settings: Settings, sdkappid: int | None) -> App:
     return settings.apps[sdkappid]
 
 
+def _warn_if_files_run_out(max_connections: int) -> None:
+    """Past the open-file limit accept() fails and new clients get a reset, which no
+    metric counts; max_connections refuses them first only when it is the lower."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare = 64  # the listening socket, Redis, logs, metrics files
+    if soft != resource.RLIM_INFINITY and max_connections + spare > soft:
+        logging.getLogger("service").warning(
+            "max_connections = %d is above what the open-file limit (ulimit -n %d) allows a worker; "
+            "raise the limit or lower max_connections",
+            max_connections,
+            soft,
+        )
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -68,6 +84,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     setup_logging(settings.config.log_level, settings.config.log_format)
+    _warn_if_files_run_out(settings.config.max_connections)
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share their metrics through files here; set before they start.
