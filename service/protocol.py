@@ -106,6 +106,8 @@ class _Sweeper:
         loop.call_later(_SWEEP_SECONDS, self.sweep)
 
     def sweep(self) -> None:
+        # The next sweep first: a fault below must not end the timeouts for good.
+        self.loop.call_later(_SWEEP_SECONDS, self.sweep)
         now = self.loop.time()
         for connection in list(self.server_state.connections):
             if isinstance(connection, LimitedHttpToolsProtocol):
@@ -113,7 +115,6 @@ class _Sweeper:
         if self.heavy_closed:
             self.heavy_closed = False
             release_memory()
-        self.loop.call_later(_SWEEP_SECONDS, self.sweep)
 
 
 def _malloc_trim() -> Any:
