@@ -41,8 +41,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     redis_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
     usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
+    usersig_cache_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 2**20
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
+    # The HTTP edge (service/protocol.py): what one client may cost a worker.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16384
+    max_url_bytes: Annotated[int, msgspec.Meta(ge=256)] = 8192
+    header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    keepalive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    max_pipelined: Annotated[int, msgspec.Meta(ge=1)] = 32
 
 
 class App(msgspec.Struct, frozen=True):

@@ -173,7 +173,7 @@ def test_valid_usersig_of_non_admin_is_60010(seeded: Api) -> None:
     assert_refused(seeded, usersig_for(REGISTERED_APP, "someone"), 60010, identifier="someone")
 
 
-# The verifier and its cache -------------------------------------------------------------
+# The verifier (its cache is the access check's: tests/test_access_cache.py) ---------------
 
 
 def test_cached_usersig_is_refused_once_it_expires() -> None:
@@ -187,21 +187,6 @@ def test_cached_usersig_is_refused_once_it_expires() -> None:
     with pytest.raises(ServiceError) as caught:
         verifier.verify(usersig, REGISTERED_APP, ADMIN)
     assert caught.value.code == 70001
-
-
-def test_usersig_cache_is_bounded() -> None:
-    verifier = UsersigVerifier({REGISTERED_APP: SECRET}, cache_size=2)
-    sigs = [mint_usersig(REGISTERED_APP, SECRET, ADMIN, expire=1000 + n) for n in range(3)]
-    for usersig in sigs:
-        verifier.verify(usersig, REGISTERED_APP, ADMIN)
-        assert len(verifier._cache) <= 2
-    for usersig in sigs:  # evicted or not, every one still verifies
-        verifier.verify(usersig, REGISTERED_APP, ADMIN)
-        assert len(verifier._cache) <= 2
-    forged = mint_usersig(REGISTERED_APP, "not-the-key", ADMIN)
-    with pytest.raises(ServiceError) as caught:
-        verifier.verify(forged, REGISTERED_APP, ADMIN)
-    assert caught.value.code == 70009
 
 
 def test_cached_usersig_presented_with_another_identifier_or_sdkappid_is_refused() -> None:
