@@ -77,7 +77,9 @@ class Access:
     ) -> None:
         self._apps = apps
         self._verifier = UsersigVerifier(
-            {sdkappid: app.secret_key for sdkappid, app in apps.items()}, clock=clock
+            {sdkappid: app.secret_key for sdkappid, app in apps.items()},
+            previous_keys={sdkappid: app.previous_secret_key for sdkappid, app in apps.items()},
+            clock=clock,
         )
         self._cache: dict[_Key, tuple[App, int]] = {}
         self._cache_size = cache_size

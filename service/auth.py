@@ -2,7 +2,7 @@
 
 A usersig is base64 (with `+/=` written as `*-_`) of zlib-compressed JSON whose
 `TLS.sig` is an HMAC-SHA256, under the app's secret key, of the other fields. The
-checks run in the spec's order: 70002, 70003, 70014, 70013, 70009, 70001.
+checks run in docs/API.md's order: 70002, 70003, 70014, 70013, 70009, 70001.
 
 Verifying costs a base64 decode, an inflate, a JSON decode and an HMAC; a client
 sends the same usersig thousands of times, so `access.py` remembers a query string
@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import msgspec
@@ -85,10 +85,23 @@ def _decode(usersig: str) -> UsersigDocument:
 
 
 class UsersigVerifier:
-    """Verifies usersigs for the configured apps; `secret_keys` maps sdkappid to key."""
+    """Verifies usersigs for the configured apps; `secret_keys` maps sdkappid to key.
 
-    def __init__(self, secret_keys: dict[int, str], *, clock: Callable[[], float] = time.time) -> None:
-        self._secret_keys = secret_keys
+    During a key rotation an app also has a `previous_keys` entry: a usersig signed with
+    either key is valid, so the usersigs clients already hold keep working while they
+    move to the new key, until the previous one is removed from the config."""
+
+    def __init__(
+        self,
+        secret_keys: Mapping[int, str],
+        *,
+        previous_keys: Mapping[int, str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret_keys = {
+            sdkappid: (key, *filter(None, [(previous_keys or {}).get(sdkappid)]))
+            for sdkappid, key in secret_keys.items()
+        }
         self._clock = clock
 
     def verify(self, usersig: str | None, sdkappid: int, identifier: str) -> int:
@@ -109,8 +122,10 @@ class UsersigVerifier:
             )
         except UnicodeEncodeError:  # a lone surrogate (\ud800) in TLS.userbuf: no generator signs that
             raise ServiceError(ErrorCode.USERSIG_UNDECODABLE, "usersig TLS.userbuf is not text") from None
-        expected = _signature(self._secret_keys[sdkappid], content)
-        if not hmac.compare_digest(expected, document.sig.encode()):
+        signature = document.sig.encode()
+        if not any(
+            hmac.compare_digest(_signature(key, content), signature) for key in self._secret_keys[sdkappid]
+        ):
             raise ServiceError(
                 ErrorCode.USERSIG_BAD_SIGNATURE, "usersig signature does not match the app's key"
             )
