@@ -37,10 +37,10 @@ from tests.bench.run import (
     run_wrk,
     running,
     service_server,
+    start_redis,
     summarise_rounds,
     write_config,
 )
-from tests.support import RedisServer
 
 
 def cpu_seconds(pid: int) -> float:
@@ -58,15 +58,8 @@ def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
         check=True,
         capture_output=True,
     )
-    redis_server = RedisServer().start()
+    redis_server = start_redis(cpus)
     try:
-        assert redis_server.process is not None
-        if cpus.load is not None:
-            subprocess.run(
-                ["taskset", "-a", "-p", "-c", str(cpus.load), str(redis_server.process.pid)],
-                check=True,
-                capture_output=True,
-            )
         config = workdir / "bench.toml"
         write_config(config, redis_server.url)
         usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
