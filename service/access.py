@@ -1,4 +1,5 @@
-"""Who is calling: the query string's app and identifier, proven by the usersig, an admin.
+"""Who is calling: the query string's app and identifier, proven by the usersig, an admin
+(or, where the app allows end users, any identifier: an `EndUser`).
 
 A query string that passed every check is remembered with the usersig's expiry, and
 the expiry is still checked on every call. Clients send the same query string on
@@ -23,10 +24,23 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
+import msgspec
+
 from service.auth import UsersigVerifier
 from service.config import App
 from service.errors import ErrorCode, ServiceError
 from service.query import parse_query
+
+
+class EndUser(msgspec.Struct, frozen=True):
+    """A non-admin identifier of an app that allows end users (docs/API.md, "End users")."""
+
+    app: App
+    identifier: str
+
+
+# What the access check proves: the app, for an admin; or an end user of it.
+Principal = App | EndUser
 
 _RANDOM: Final = b"random="
 _UINT32_MAX: Final = 2**32 - 1
@@ -81,7 +95,7 @@ class Access:
             previous_keys={sdkappid: app.previous_secret_key for sdkappid, app in apps.items()},
             clock=clock,
         )
-        self._cache: dict[_Key, tuple[App, int]] = {}
+        self._cache: dict[_Key, tuple[Principal, int]] = {}
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
         self._bytes = 0
@@ -91,7 +105,7 @@ class Access:
     def cached_bytes(self) -> int:
         return self._bytes
 
-    def authorize(self, query_string: bytes) -> App:
+    def authorize(self, query_string: bytes) -> Principal:
         """The checks of docs/API.md §6 from the query string to the admin check, in order."""
         known = self._cache.get(query_string)
         key: tuple[bytes, bytes] | None = None
@@ -100,22 +114,24 @@ class Access:
             if key is not None:
                 known = self._cache.get(key)
         if known is not None:
-            app, expires_at = known
-            if self._clock() > expires_at:
+            if self._clock() > known[1]:
                 raise ServiceError(ErrorCode.USERSIG_EXPIRED, "usersig has expired")
-            return app
+            return known[0]
         caller = parse_query(query_string, self._apps)
         expires_at = self._verifier.verify(caller.usersig, caller.app.sdkappid, caller.identifier)
+        principal: Principal = caller.app
         if caller.identifier not in caller.app.admins:
-            raise ServiceError(
-                ErrorCode.NOT_ADMIN, f"identifier {caller.identifier!r} is not an admin of the app"
-            )
-        self._remember(bytes(query_string), caller.app, expires_at)
+            if not caller.app.end_users:
+                raise ServiceError(
+                    ErrorCode.NOT_ADMIN, f"identifier {caller.identifier!r} is not an admin of the app"
+                )
+            principal = EndUser(caller.app, caller.identifier)
+        self._remember(bytes(query_string), principal, expires_at)
         if key is not None:
-            self._remember(key, caller.app, expires_at)
-        return caller.app
+            self._remember(key, principal, expires_at)
+        return principal
 
-    def _remember(self, key: _Key, app: App, expires_at: int) -> None:
+    def _remember(self, key: _Key, principal: Principal, expires_at: int) -> None:
         cost = _cost(key)
         if cost > self._cache_bytes:
             return
@@ -124,5 +140,5 @@ class Access:
             oldest = next(iter(cache))  # dicts keep insertion order: the oldest goes first
             del cache[oldest]
             self._bytes -= _cost(oldest)
-        cache[key] = (app, expires_at)
+        cache[key] = (principal, expires_at)
         self._bytes += cost

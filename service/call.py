@@ -10,11 +10,15 @@ from service.store import Store
 
 
 class Call:
-    def __init__(self, store: Store, app: App, idempotency_key: str | None = None) -> None:
+    def __init__(
+        self, store: Store, app: App, idempotency_key: str | None = None, *, end_user: str | None = None
+    ) -> None:
         self.store = store
         self.app = app
         self.idempotency_key = idempotency_key
-        self.limit = RateLimit(store, app)
+        # The identifier of an end user (docs/API.md, "End users"); None for an admin.
+        self.end_user = end_user
+        self.limit = RateLimit(store, app, end_user=end_user is not None)
         # ARGV[1] of every command script.
         self.registered = "0" if app.implicit_groups else "1"
 
@@ -25,6 +29,20 @@ class Call:
             raise ServiceError(
                 ErrorCode.INVALID_PARAMETER, "Idempotency-Key must be 1 to 128 printable ASCII characters"
             )
+
+    def check_end_user_update(self, mode: str, keys: list[str]) -> None:
+        """An end user may only Increase or Decrease the app's `client_keys` (60010)."""
+        if self.end_user is None:
+            return
+        if mode not in ("Increase", "Decrease"):
+            raise ServiceError(
+                ErrorCode.NOT_ADMIN, f"Mode {mode} needs an admin; end users may Increase or Decrease"
+            )
+        for key in keys:
+            if key not in self.app.client_keys:
+                raise ServiceError(
+                    ErrorCode.NOT_ADMIN, f"Key {key!r} is not one the app lets end users change"
+                )
 
     async def run(self, script_call: ScriptCall) -> ScriptReply:
         """Run the command's one script; 60007 when it found the app over its limit."""

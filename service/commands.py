@@ -136,6 +136,7 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
     _check_implicit_community(call.app, group_id)
 
     mode = request.mode or "Set"
+    call.check_end_user_update(mode, [item.key for item in items])
     operation = "set" if mode == "Set" else "add"
     pairs: list[ScriptArg] = []
     for key, item in zip(keys, items, strict=True):
@@ -251,6 +252,9 @@ class Command(Generic[R]):
     def decode(self, body: bytes) -> R:
         return decode_body(self.decoder, body)
 
+
+# What an end user may call, and whether it is one of their writes (docs/API.md, "End users").
+END_USER_COMMANDS: Final = {"get_group_counter": False, "update_group_counter": True}
 
 COMMANDS: Final[dict[str, Command[Any]]] = {
     "update_group_counter": Command(UpdateGroupCounter, update_group_counter),

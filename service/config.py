@@ -35,6 +35,10 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     previous_secret_key_env: str | None = None
     groups: GroupMode = "registered"
     rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # End users: any identifier with a valid usersig of the app may read counters and
+    # Increase or Decrease the `client_keys` (docs/API.md, "End users"). Off by default.
+    end_users: bool = False
+    client_keys: list[str] = msgspec.field(default_factory=list)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -67,6 +71,8 @@ class App(msgspec.Struct, frozen=True):
     implicit_groups: bool
     rate_limit: int
     previous_secret_key: str | None = None
+    end_users: bool = False
+    client_keys: frozenset[str] = frozenset()
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -136,6 +142,17 @@ def _explain(error: msgspec.ValidationError) -> str:
     return message
 
 
+def _check_client_keys(app: AppConfig, index: int) -> None:
+    where = f"apps[{index}] (sdkappid {app.sdkappid})"
+    if app.client_keys and not app.end_users:
+        raise ConfigError(f"{where}: client_keys is for end users: set end_users = true too")
+    for key in app.client_keys:
+        if not 0 < len(key.encode()) <= 128:
+            raise ConfigError(f"{where}: client_keys: {key!r} is not a Key (1 to 128 bytes of UTF-8)")
+    if len(set(app.client_keys)) != len(app.client_keys):
+        raise ConfigError(f"{where}: client_keys names a Key twice")
+
+
 def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     try:
@@ -154,6 +171,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             raise ConfigError(
                 f"apps[{index}] (sdkappid {app.sdkappid}): admins must list at least one non-empty identifier"
             )
+        _check_client_keys(app, index)
         apps[app.sdkappid] = App(
             sdkappid=app.sdkappid,
             secret_key=_resolve_secret(app, index, env) or "",
@@ -161,6 +179,8 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             admins=frozenset(app.admins),
             implicit_groups=app.groups == "implicit",
             rate_limit=app.rate_limit,
+            end_users=app.end_users,
+            client_keys=frozenset(app.client_keys),
         )
     redis_url = env.get("REDIS_URL") or config.redis_url
     try:

@@ -17,13 +17,14 @@ from typing import Final
 
 from starlette.types import Receive, Scope, Send
 
-from service.access import Access
+from service.access import Access, EndUser
 from service.body import BodyTooLarge, ClientGone, decode_request, read_body
 from service.call import Call
-from service.commands import COMMANDS
+from service.commands import COMMANDS, END_USER_COMMANDS
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
 from service.metrics import TALLY
+from service.rate_limit import count_end_user
 from service.store import Store
 from service.wire import encode_error
 
@@ -77,6 +78,19 @@ class CommandEndpoint:
         self.max_body_bytes = settings.config.max_body_bytes
         self.request_ids = RequestIds()
 
+    async def _end_user_call(self, name: str, end_user: EndUser, scope: Scope) -> Call:
+        """The checks an admin does not go through: the command is one an end user may
+        call (60010), the app's rate limit on its own (60007), then the end user's (61007)."""
+        writes = END_USER_COMMANDS.get(name)
+        if writes is None:
+            raise ServiceError(
+                ErrorCode.NOT_ADMIN, f"{name} needs an admin; end users may read and update counters"
+            )
+        call = Call(self.store, end_user.app, _idempotency_key(scope), end_user=end_user.identifier)
+        await call.limit.count_alone()
+        await count_end_user(self.store, end_user.app, end_user.identifier, writes=writes)
+        return call
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         name: str = scope["path"][self.prefix_length :]
@@ -91,11 +105,14 @@ class CommandEndpoint:
                 raise ServiceError(
                     ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['method']} {scope['path']!r}"
                 )
-            app = self.access.authorize(scope["query_string"])
-            sdkappid = app.sdkappid
-            call = Call(self.store, app, _idempotency_key(scope))
-            if call.limit.before_body:  # its window is in another slot: counted on its own, first
-                await call.limit.count_alone()
+            principal = self.access.authorize(scope["query_string"])
+            if isinstance(principal, EndUser):
+                call = await self._end_user_call(name, principal, scope)
+            else:
+                call = Call(self.store, principal, _idempotency_key(scope))
+                if call.limit.before_body:  # its window is in another slot: counted on its own, first
+                    await call.limit.count_alone()
+            sdkappid = call.app.sdkappid
             try:
                 request = decode_request(command, await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)

@@ -22,6 +22,7 @@ class ErrorCode(IntEnum):
     BAD_BODY = 60003
     UNKNOWN_APP = 60006
     RATE_LIMITED = 60007
+    END_USER_LIMITED = 61007  # ours, not the platform's: an end user's reads or writes
     UNKNOWN_COMMAND = 60009
     NOT_ADMIN = 60010
     SDKAPPID_MISSING = 60012

@@ -3,6 +3,7 @@
     {<sdkappid>:<escaped GroupId>}                          a group's hash
     {<sdkappid>:<escaped GroupId>}:idempotency:<key>        an Idempotency-Key's record
     {ratelimit:<sdkappid>}                                  an app's rate-limit window
+    {enduser:<sdkappid>:<escaped identifier>}               an end user's 5 s window
     {readyz}                                                the readiness probe's key
 
 The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
@@ -35,6 +36,14 @@ def idempotency_key(group: str, key: str) -> str:
     """The record of an Idempotency-Key, after the group's key (`group_key`): in the
     group's slot, so the script that updates the group can write it."""
     return f"{group}:idempotency:{key}"
+
+
+def end_user_window_key(sdkappid: int, identifier: str) -> str:
+    """An end user's reads and writes in the current 5 s window. The identifier is
+    escaped like a GroupId, so it cannot end the hash tag early."""
+    if "%" in identifier or "{" in identifier or "}" in identifier:
+        identifier = identifier.translate(_ESCAPES)
+    return f"{{enduser:{sdkappid}:{identifier}}}"
 
 
 def rate_limit_key(sdkappid: int) -> str:

@@ -27,11 +27,14 @@ IMPLICIT_APP: Final = 1400000001
 OTHER_APP: Final = 1400000002
 RATE_LIMITED_APP: Final = 1400000003
 RATE_LIMIT: Final = 5
+END_USER_APP: Final = 1400000004  # end users may read, and Increase/Decrease CLIENT_KEYS
+CLIENT_KEYS: Final = ("like", "gift")
 SECRET_KEYS: Final = {
     REGISTERED_APP: "secret-of-the-registered-app",
     IMPLICIT_APP: "secret-of-the-implicit-app",
     OTHER_APP: "secret-of-the-other-app",
     RATE_LIMITED_APP: "secret-of-the-rate-limited-app",
+    END_USER_APP: "secret-of-the-end-user-app",
 }
 ADMIN: Final = "administrator"
 
@@ -61,6 +64,13 @@ secret_key = "{SECRET_KEYS[RATE_LIMITED_APP]}"
 admins = ["{ADMIN}"]
 groups = "implicit"
 rate_limit = {RATE_LIMIT}
+
+[[apps]]
+sdkappid = {END_USER_APP}
+secret_key = "{SECRET_KEYS[END_USER_APP]}"
+admins = ["{ADMIN}"]
+end_users = true
+client_keys = ["like", "gift"]
 """
 
 

@@ -47,7 +47,7 @@ def test_calls_that_vary_random_hit_the_cache_and_do_not_grow_it() -> None:
 
     access._verifier._prove = counting_prove  # type: ignore[method-assign,assignment]
     for random in range(1000):
-        assert access.authorize(query(random=str(random))).sdkappid == REGISTERED_APP
+        assert access.authorize(query(random=str(random))) == access._apps[REGISTERED_APP]
     assert proofs == 0
     assert len(access._cache) == 2  # the first query string as it was, and without random
 

@@ -22,9 +22,18 @@ from hypothesis import strategies as st
 
 import service.commands
 import service.scripts
-from service.scripts import RATE_LIMIT, SCRIPTS, UPDATE_COUNTERS, Script, ScriptArg, ScriptCall, ScriptReply
+from service.scripts import (
+    END_USER_LIMIT,
+    RATE_LIMIT,
+    SCRIPTS,
+    UPDATE_COUNTERS,
+    Script,
+    ScriptArg,
+    ScriptCall,
+    ScriptReply,
+)
 from service.store import Store
-from tests.support import IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer
+from tests.support import END_USER_APP, IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -130,8 +139,8 @@ def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> 
         variadic = len(fixed) != len(args.elts)
         assert len(fixed) == len(header.argv), f"line {call.lineno}: {script.name} fixed ARGV"
         assert variadic == (header.argv_rest is not None), f"line {call.lineno}: {script.name} ARGV tail"
-    # rate_limit runs on its own, from service/rate_limit.py, not from a command.
-    expected = {script.name for script in SCRIPTS} - {RATE_LIMIT.name}
+    # rate_limit and end_user_limit run on their own, from service/rate_limit.py.
+    expected = {script.name for script in SCRIPTS} - {RATE_LIMIT.name, END_USER_LIMIT.name}
     assert called == expected, f"scripts never called: {called ^ expected}"
 
 
@@ -160,6 +169,8 @@ def test_every_command_calls_its_script_with_the_argv_count_the_header_documents
     api.call("destroy_group", {"GroupId": "h"}, sdkappid=IMPLICIT_APP)
     # A rate-limited app's call that fails before its script is counted on its own.
     api.call("get_group_counter", raw=b"not json", sdkappid=RATE_LIMITED_APP)
+    # An end user's call is counted in their own window.
+    api.call("get_group_counter", {"GroupId": "g"}, sdkappid=END_USER_APP, identifier="viewer")
 
     assert {script.name for script, _, _ in seen} == set(SCRIPT_IDS)
     for script, keys, args in seen:
