@@ -492,8 +492,9 @@ def test_stalled_redis_past_max_pending_refuses_calls_at_once_instead_of_queuein
         # At most max_pending calls wait on the stalled Redis at any moment (on its connection,
         # or for a new one once that was dropped as overdue); every other call is refused at
         # once rather than queued. (Times are the client's: a call answered when its link was
-        # dropped is still in flight to the client for a few ms while the next ones start.)
-        most = max(sum(w.started <= o.started < w.ended - 0.05 for w in waited) for o in waited)
+        # dropped is still in flight to the client, up to 0.15 s on 2 busy cores, while the
+        # next ones start.)
+        most = max(sum(w.started <= o.started < w.ended - 0.15 for w in waited) for o in waited)
         assert most <= max_pending, f"{most} calls waited on the stalled Redis at once"
         assert len(refused) >= clients, f"only {len(refused)} calls were refused at once during the stall"
         assert all(o.code == INTERNAL for o in during)
