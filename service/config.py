@@ -32,6 +32,8 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     secret_key_env: str | None = None
     groups: GroupMode = "registered"
     rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # get_appid_group_list calls per second: the platform allows one (docs/API.md §2).
+    list_rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -53,6 +55,7 @@ class App(msgspec.Struct, frozen=True):
     admins: frozenset[str]
     implicit_groups: bool
     rate_limit: int
+    list_rate_limit: int = 1
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -134,6 +137,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             admins=frozenset(app.admins),
             implicit_groups=app.groups == "implicit",
             rate_limit=app.rate_limit,
+            list_rate_limit=app.list_rate_limit,
         )
     redis_url = env.get("REDIS_URL") or config.redis_url
     try:
