@@ -28,6 +28,7 @@ _MASTER_BITS: Final = 10
 _MASTER_MASK: Final = (1 << _MASTER_BITS) - 1
 # SCAN's COUNT for a walk that keeps everything it finds (counting, export).
 _WALK_COUNT: Final = 1000
+_TYPES_IN_FLIGHT: Final = 32
 
 
 def _next_value(master: int, cursor: int) -> int:
@@ -63,7 +64,12 @@ async def _of_type(store: Store, sdkappid: int, ids: list[str], wanted: str, imp
         if wanted != "Community":
             return []
         return [group_id for group_id in ids if group_id.startswith(COMMUNITY_PREFIX)]
-    types = await asyncio.gather(*(group_type(store, sdkappid, group_id) for group_id in ids))
+    types: list[str | None] = []
+    # A bounded number in flight: a SCAN batch may hold a thousand groups, and a
+    # connection pool (the embedded store's, a Cluster node's) is finite.
+    for start in range(0, len(ids), _TYPES_IN_FLIGHT):
+        chunk = ids[start : start + _TYPES_IN_FLIGHT]
+        types += await asyncio.gather(*(group_type(store, sdkappid, group_id) for group_id in chunk))
     return [group_id for group_id, stored in zip(ids, types, strict=True) if stored == wanted]
 
 
