@@ -148,6 +148,10 @@ def migrate_command(
     except MigrationError as exc:
         print(f"migration stopped: {exc}\nrerun the same command to resume", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Everything up to the last checkpoint is on disk; what came after is redone.
+        print("\nmigration interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     finally:
         progress.close()
     lines = checkpoint.groups_done - checkpoint.vanished

@@ -20,6 +20,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+import service.transfer
 from service.app import create_app
 from service.config import Settings, parse_config
 from service.moving import export_apps
@@ -29,7 +30,7 @@ from service.transfer import ImportReport, OnConflict, import_lines
 from service.transports.embedded import RedisPyTransport
 from tests.support import CONFIG, IMPLICIT_APP, OTHER_APP, REGISTERED_APP, REPO, Api, RedisServer
 from tests.test_lua_scripts import parse_header
-from tests.topologies import Cluster
+from tests.topologies import Cluster, SentinelSetup
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -337,3 +338,32 @@ def test_export_refuses_the_embedded_store_with_a_clear_message(tmp_path: Path) 
         assert result.returncode == 2
         assert b"memory://" in result.stderr
         assert b"Traceback" not in result.stderr
+
+
+def test_export_and_import_go_to_the_master_the_sentinels_name(settings: Settings) -> None:
+    setup = SentinelSetup().start()
+    try:
+        assert setup.master is not None
+        master = setup.master.client()
+        backend = Backend(
+            "sentinel",
+            lambda: open_store(setup.url, timeout=5.0),
+            master.flushall,
+            lambda: _state(master),
+        )
+        data = line("g", {"max": INT64_MAX, "点赞": INT64_MIN}) + line("h", {}, "Community")
+        assert import_(backend, settings, data).created == 2
+        exported = export(backend)
+        assert [json.loads(x) for x in exported.splitlines()] == [json.loads(x) for x in data.splitlines()]
+        master.close()
+    finally:
+        setup.stop()
+
+
+def test_export_sorts_in_bounded_runs_and_gives_the_same_bytes(
+    single: Backend, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate(single, settings)
+    in_memory = export(single)
+    monkeypatch.setattr(service.transfer, "SORT_RUN", 3)  # every few GroupIds spill to a temp file
+    assert export(single) == in_memory
