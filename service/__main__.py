@@ -12,7 +12,9 @@ python -m service migrate --from URL --sdkappid N --identifier ADMIN --secret-ke
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -38,9 +40,23 @@ SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example", "expor
 def app_from_env() -> CommandFirst:
     """uvicorn's factory: each worker process loads the config named in the environment."""
     from service.app import create_app
+    from service.protocol import HttpLimits, LimitedHttpToolsProtocol
 
     settings = load_config(os.environ[CONFIG_ENV])
     setup_logging(settings.config.log_level, settings.config.log_format)
+    config = settings.config
+    LimitedHttpToolsProtocol.configure(
+        HttpLimits(
+            max_header_bytes=config.max_header_bytes,
+            max_url_bytes=config.max_url_bytes,
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            send_timeout=config.send_timeout,
+            max_connections=config.max_connections,
+            max_pipelined=config.max_pipelined,
+        )
+    )
     metrics_port = os.environ.get(METRICS_PORT_ENV)
     if metrics_port:
         return create_app(settings, metrics_address=(os.environ[METRICS_HOST_ENV], int(metrics_port)))
@@ -55,6 +71,20 @@ def _pick_app(settings: Settings, sdkappid: int | None) -> App:
     return settings.apps[sdkappid]
 
 
+def _warn_if_files_run_out(max_connections: int) -> None:
+    """Past the open-file limit accept() fails and new clients get a reset, which no
+    metric counts; max_connections refuses them first only when it is the lower."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare = 64  # the listening socket, Redis, logs, metrics files
+    if soft != resource.RLIM_INFINITY and max_connections + spare > soft:
+        logging.getLogger("service").warning(
+            "max_connections = %d is above what the open-file limit (ulimit -n %d) allows a worker; "
+            "raise the limit or lower max_connections",
+            max_connections,
+            soft,
+        )
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -67,6 +97,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None and args.metrics_port == args.port:
         raise ConfigError("--metrics-port must differ from --port")
     setup_logging(settings.config.log_level, settings.config.log_format)
+    _warn_if_files_run_out(settings.config.max_connections)
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     if args.metrics_port is not None:
         os.environ[METRICS_HOST_ENV] = args.host
@@ -82,7 +113,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol with the edge limits of the config (service/protocol.py).
+        http="service.protocol:LimitedHttpToolsProtocol",
+        # Nothing here speaks WebSocket; with a WebSocket library installed, uvicorn would
+        # otherwise hand any path an upgraded connection.
+        ws="none",
         access_log=False,
         # Nothing here reads the client address, so X-Forwarded-* parsing is per-call waste.
         proxy_headers=False,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
-from starlette.routing import Route, Router
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router, request_response
 from starlette.types import Receive, Scope, Send
 
 from service.config import Settings
@@ -39,6 +41,17 @@ async def unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
     await send_reply(
         send, 200, encode_error(ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['path']!r}")
     )
+
+
+class AnyMethod:
+    """A probe as a plain ASGI app: a Route then matches every method, where for a
+    function endpoint Starlette allows only GET and HEAD and answers others 405."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self._app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 class CommandFirst:
@@ -101,12 +114,12 @@ def create_app(
     # the command endpoint answers every failure itself, as a value.
     router = Router(
         routes=[
-            # No `methods`: a Route whose path matches but whose method does not makes
-            # Starlette answer a plain 405 itself; the probes answer any method.
-            Route("/healthz", healthz),
-            Route("/readyz", readiness.check),
+            # The probes answer any method: a Route whose path matches but whose method
+            # does not would make Starlette answer a plain 405 itself.
+            Route("/healthz", AnyMethod(healthz)),
+            Route("/readyz", AnyMethod(readiness.check)),
             Route("/openapi.json", openapi_document),
-            *([] if metrics_address else [Route("/metrics", metrics_endpoint)]),
+            *([] if metrics_address else [Route("/metrics", AnyMethod(metrics_endpoint))]),
         ],
         default=unknown_path,
         redirect_slashes=False,  # a 307 is not an answer the wire contract knows

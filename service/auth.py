@@ -2,23 +2,22 @@
 
 A usersig is base64 (with `+/=` written as `*-_`) of zlib-compressed JSON whose
 `TLS.sig` is an HMAC-SHA256, under the app's secret key, of the other fields. The
-checks run in the spec's order: 70002, 70003, 70014, 70013, 70009, 70001.
+checks run in docs/API.md's order: 70002, 70003, 70014, 70013, 70009, 70001.
 
-Verifying costs a base64 decode, an inflate, a JSON decode and an HMAC; a load test
-sends the same usersig thousands of times, so a verified usersig is cached. The
-cache is keyed by the usersig and holds only what was proven, so the expiry check
-still runs on every call: an expired usersig never passes.
+Verifying costs a base64 decode, an inflate, a JSON decode and an HMAC; a client
+sends the same usersig thousands of times, so `access.py` remembers a query string
+that passed (the one cache of the access check; the expiry is still checked on every
+call, so an expired usersig never passes).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import msgspec
@@ -75,7 +74,10 @@ def _decode(usersig: str) -> UsersigDocument:
         if inflater.unconsumed_tail:
             raise undecodable
         document = _document_decoder.decode(raw)
-    except (UnicodeEncodeError, binascii.Error, zlib.error, msgspec.DecodeError) as exc:
+    except (ValueError, zlib.error, RecursionError) as exc:
+        # ValueError: base64 (binascii.Error), a non-ASCII usersig (UnicodeEncodeError),
+        # bytes that are not UTF-8 in the inflated JSON (UnicodeDecodeError), bad JSON or
+        # a bad field (msgspec.DecodeError).
         raise undecodable from exc
     if document.ver != "2.0":
         raise ServiceError(ErrorCode.USERSIG_UNDECODABLE, "usersig TLS.ver is not 2.0")
@@ -83,33 +85,30 @@ def _decode(usersig: str) -> UsersigDocument:
 
 
 class UsersigVerifier:
-    """Verifies usersigs for the configured apps; `secret_keys` maps sdkappid to key."""
+    """Verifies usersigs for the configured apps; `secret_keys` maps sdkappid to key.
+
+    During a key rotation an app also has a `previous_keys` entry: a usersig signed with
+    either key is valid, so the usersigs clients already hold keep working while they
+    move to the new key, until the previous one is removed from the config."""
 
     def __init__(
         self,
-        secret_keys: dict[int, str],
+        secret_keys: Mapping[int, str],
         *,
-        cache_size: int = 65536,
+        previous_keys: Mapping[int, str | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._secret_keys = secret_keys
-        self._cache: dict[str, _Proven] = {}
-        self._cache_size = cache_size
+        self._secret_keys = {
+            sdkappid: (key, *filter(None, [(previous_keys or {}).get(sdkappid)]))
+            for sdkappid, key in secret_keys.items()
+        }
         self._clock = clock
 
     def verify(self, usersig: str | None, sdkappid: int, identifier: str) -> int:
         """Raise the first failing check's error; return when the usersig expires (Unix time)."""
         if not usersig:
             raise ServiceError(ErrorCode.USERSIG_MISSING, "usersig is missing or empty")
-        proven = self._cache.get(usersig)
-        if proven is None:
-            proven = self._prove(usersig, sdkappid, identifier)
-            if len(self._cache) >= self._cache_size:
-                # Dicts keep insertion order: dropping the oldest bounds memory simply.
-                del self._cache[next(iter(self._cache))]
-            self._cache[usersig] = proven
-        else:
-            self._check_claims(proven.sdkappid, proven.identifier, sdkappid, identifier)
+        proven = self._prove(usersig, sdkappid, identifier)
         if self._clock() > proven.expires_at:
             raise ServiceError(ErrorCode.USERSIG_EXPIRED, "usersig has expired")
         return proven.expires_at
@@ -117,11 +116,16 @@ class UsersigVerifier:
     def _prove(self, usersig: str, sdkappid: int, identifier: str) -> _Proven:
         document = _decode(usersig)
         self._check_claims(document.sdkappid, document.identifier, sdkappid, identifier)
-        content = _signed_content(
-            document.identifier, document.sdkappid, document.time, document.expire, document.userbuf
-        )
-        expected = _signature(self._secret_keys[sdkappid], content)
-        if not hmac.compare_digest(expected, document.sig.encode()):
+        try:
+            content = _signed_content(
+                document.identifier, document.sdkappid, document.time, document.expire, document.userbuf
+            )
+        except UnicodeEncodeError:  # a lone surrogate (\ud800) in TLS.userbuf: no generator signs that
+            raise ServiceError(ErrorCode.USERSIG_UNDECODABLE, "usersig TLS.userbuf is not text") from None
+        signature = document.sig.encode()
+        if not any(
+            hmac.compare_digest(_signature(key, content), signature) for key in self._secret_keys[sdkappid]
+        ):
             raise ServiceError(
                 ErrorCode.USERSIG_BAD_SIGNATURE, "usersig signature does not match the app's key"
             )

@@ -29,5 +29,6 @@ class Call:
     async def run(self, script_call: ScriptCall) -> ScriptReply:
         """Run the command's one script; 60007 when it found the app over its limit."""
         reply = await self.store.run(script_call)
-        self.limit.check(reply)
+        if reply[0] == ErrorCode.RATE_LIMITED:
+            self.limit.check(reply)
         return reply

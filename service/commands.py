@@ -63,7 +63,7 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         return decoder.decode(body or b"{}")
     except msgspec.ValidationError as exc:
         # msgspec checks types while it parses, so a type error can surface before a
-        # syntax error later in the body; the spec checks the body (60003) first.
+        # syntax error later in the body; docs/API.md checks the body (60003) first.
         _check_json_object(body or b"{}")
         raise ServiceError(ErrorCode.INVALID_PARAMETER, f"invalid parameter: {exc}") from exc
     except msgspec.DecodeError as exc:

@@ -30,6 +30,9 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     admins: list[str]
     secret_key: str | None = None
     secret_key_env: str | None = None
+    # During a key rotation: the key being retired, still accepted until removed.
+    previous_secret_key: str | None = None
+    previous_secret_key_env: str | None = None
     groups: GroupMode = "registered"
     rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
     # get_appid_group_list calls per second: the platform allows one (docs/API.md §2).
@@ -43,8 +46,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     redis_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
     usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
+    usersig_cache_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 2**20
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
+    # The HTTP edge (service/protocol.py): what one client may cost a worker.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16384
+    max_url_bytes: Annotated[int, msgspec.Meta(ge=256)] = 8192
+    header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    keepalive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    max_pipelined: Annotated[int, msgspec.Meta(ge=1)] = 32
 
 
 class App(msgspec.Struct, frozen=True):
@@ -55,6 +68,7 @@ class App(msgspec.Struct, frozen=True):
     admins: frozenset[str]
     implicit_groups: bool
     rate_limit: int
+    previous_secret_key: str | None = None
     list_rate_limit: int = 1
 
 
@@ -64,21 +78,33 @@ class Settings(msgspec.Struct, frozen=True):
     redis_url: str
 
 
-def _resolve_secret(app: AppConfig, index: int, environ: Mapping[str, str]) -> str:
+def _resolve_secret(
+    app: AppConfig, index: int, environ: Mapping[str, str], *, previous: bool = False
+) -> str | None:
+    """The app's secret key, or with `previous` its retiring key (None when not set)."""
     where = f"apps[{index}] (sdkappid {app.sdkappid})"
-    if app.secret_key is not None and app.secret_key_env is not None:
-        raise ConfigError(f"{where}: set secret_key or secret_key_env, not both")
-    if app.secret_key_env is not None:
-        secret = environ.get(app.secret_key_env, "")
+    name = "previous_secret_key" if previous else "secret_key"
+    value, env_name = (
+        (app.previous_secret_key, app.previous_secret_key_env)
+        if previous
+        else (app.secret_key, app.secret_key_env)
+    )
+    if value is not None and env_name is not None:
+        raise ConfigError(f"{where}: set {name} or {name}_env, not both")
+    if env_name is not None:
+        secret = environ.get(env_name, "")
         if not secret:
             raise ConfigError(
-                f"{where}: secret_key_env names {app.secret_key_env!r}, "
-                "which is not set or empty in the environment"
+                f"{where}: {name}_env names {env_name!r}, which is not set or empty in the environment"
             )
         return secret
-    if not app.secret_key:
+    if previous:
+        if value == "":
+            raise ConfigError(f"{where}: previous_secret_key is empty")
+        return value
+    if not value:
         raise ConfigError(f"{where}: missing secret_key (or secret_key_env)")
-    return app.secret_key
+    return value
 
 
 _UNKNOWN_FIELD: Final = re.compile(
@@ -133,7 +159,8 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             )
         apps[app.sdkappid] = App(
             sdkappid=app.sdkappid,
-            secret_key=_resolve_secret(app, index, env),
+            secret_key=_resolve_secret(app, index, env) or "",
+            previous_secret_key=_resolve_secret(app, index, env, previous=True),
             admins=frozenset(app.admins),
             implicit_groups=app.groups == "implicit",
             rate_limit=app.rate_limit,

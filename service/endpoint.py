@@ -18,7 +18,7 @@ from typing import Final
 from starlette.types import Receive, Scope, Send
 
 from service.access import Access
-from service.body import BodyTooLarge, ClientGone, read_body
+from service.body import BodyTooLarge, ClientGone, decode_request, read_body
 from service.call import Call
 from service.commands import COMMANDS
 from service.config import Settings
@@ -69,7 +69,11 @@ class CommandEndpoint:
     def __init__(self, settings: Settings, store: Store, prefix: str) -> None:
         self.prefix_length = len(prefix)
         self.store = store
-        self.access = Access(settings.apps, cache_size=settings.config.usersig_cache_size)
+        self.access = Access(
+            settings.apps,
+            cache_size=settings.config.usersig_cache_size,
+            cache_bytes=settings.config.usersig_cache_bytes,
+        )
         self.max_body_bytes = settings.config.max_body_bytes
         self.request_ids = RequestIds()
 
@@ -93,7 +97,7 @@ class CommandEndpoint:
             if call.limit.before_body:  # its window is in another slot: counted on its own, first
                 await call.limit.count_alone()
             try:
-                request = command.decode(await read_body(scope, receive, self.max_body_bytes))
+                request = decode_request(command, await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)
                 call.check_idempotency_key()
                 payload = await command.run(call, request)
@@ -109,6 +113,7 @@ class CommandEndpoint:
             code, status = ErrorCode.BAD_BODY, 413
             payload = encode_error(code, str(exc))
         except ClientGone:
+            log.debug("the client left before sending its whole body (%s)", name)
             return
         except Exception:
             code = ErrorCode.INTERNAL
@@ -118,7 +123,13 @@ class CommandEndpoint:
             TALLY.in_flight -= 1
 
         request_id = self.request_ids(scope)
-        await send_reply(send, status, payload, request_id)
+        try:
+            await send_reply(send, status, payload, request_id)
+        except RuntimeError as exc:
+            # uvloop closes a reset connection's transport before uvicorn hears of it, and
+            # uvicorn's send then raises: a client that left, not a fault of ours.
+            log.debug("the client left before its answer (%s): %s", name, exc)
+            return
 
         elapsed = time.perf_counter() - started
         label = name if command is not None else "unknown"

@@ -2,11 +2,17 @@
 
 A call's log line carries the request id, command, sdkappid, GroupId, ErrorCode and
 latency, passed as `extra`; never a usersig, a secret or a body.
+
+Fields can hold what a client sent (a GroupId, a bad request's description), so a line
+must not be forgeable: in text, control characters (a newline above all) and
+backslashes are escaped and a traceback's lines are marked as its own; JSON escapes
+them by itself. A long field is cut, with a marker saying how much was left out.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any, Final, Literal
@@ -22,9 +28,34 @@ _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None
 _encoder: Final = msgspec.json.Encoder()
 
 
+MAX_FIELD_CHARS: Final = 256
+MAX_MESSAGE_CHARS: Final = 2048
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the backslash
+# (so that an escape in the log always means an escape).
+_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
+
+
+def bounded(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...[{len(value) - limit} more chars]"
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escaped(value: str) -> str:
+    """One line, whatever `value` holds."""
+    return _UNSAFE.sub(_escape, value)
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {
-        name: value
+        name: bounded(value) if isinstance(value, str) else value
         for name, value in vars(record).items()
         if name not in _STANDARD and not name.startswith("_")
     }
@@ -34,10 +65,24 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escaped(bounded(record.message, MAX_MESSAGE_CHARS))
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback spans lines; each starts with "| " so none can pass for a log line.
+        return "\n".join(f"| {line}" for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(f"| {line}" for line in stack_info.splitlines())
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{name}={value}" for name, value in _extras(record).items())
+        extras = " ".join(f"{name}={escaped(str(value))}" for name, value in _extras(record).items())
         line = super().format(record)
-        return f"{line} {extras}" if extras else line
+        if not extras:
+            return line
+        first, newline, rest = line.partition("\n")
+        return f"{first} {extras}{newline}{rest}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,7 +92,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": bounded(record.getMessage(), MAX_MESSAGE_CHARS),
         }
         line.update(_extras(record))
         if record.exc_info:

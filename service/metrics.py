@@ -61,6 +61,15 @@ REDIS_BATCH_CALLS: Final = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 
+HTTP_REJECTIONS: Final = Counter(
+    "group_counter_http_rejections_total",
+    "Connections or requests refused or closed at the HTTP edge, by the limit that tripped",
+    ["reason"],
+)
+OPEN_CONNECTIONS: Final = Gauge(
+    "group_counter_open_connections", "Client connections open now", multiprocess_mode="livesum"
+)
+
 
 class _Latencies:
     __slots__ = ("buckets", "total")
@@ -88,6 +97,8 @@ class Tally:
 
     def __init__(self) -> None:
         self.in_flight = 0
+        self.open_connections = 0
+        self._rejections: dict[str, int] = {}
         self._calls: dict[tuple[str, int], int] = {}
         self._call_seconds: dict[str, _Latencies] = {}
         self._redis_seconds: dict[str, _Latencies] = {}
@@ -111,6 +122,9 @@ class Tally:
     def redis_error(self, script: str) -> None:
         self._redis_errors[script] = self._redis_errors.get(script, 0) + 1
 
+    def rejection(self, reason: str) -> None:
+        self._rejections[reason] = self._rejections.get(reason, 0) + 1
+
     def batch(self, size: int) -> None:
         self._batches.append(size)
 
@@ -120,6 +134,7 @@ class Tally:
         redis_seconds, self._redis_seconds = self._redis_seconds, {}
         redis_errors, self._redis_errors = self._redis_errors, {}
         batches, self._batches = self._batches, []
+        rejections, self._rejections = self._rejections, {}
         for (command, code), count in calls.items():
             REQUESTS.labels(command, str(code)).inc(count)
         for command, latencies in call_seconds.items():
@@ -130,7 +145,10 @@ class Tally:
             REDIS_ERRORS.labels(script).inc(count)
         for size in batches:
             REDIS_BATCH_CALLS.observe(size)
+        for reason, count in rejections.items():
+            HTTP_REJECTIONS.labels(reason).inc(count)
         IN_FLIGHT.set(self.in_flight)
+        OPEN_CONNECTIONS.set(self.open_connections)
 
 
 # One per worker process: the call path writes here, the flusher and /metrics read it.

@@ -1,4 +1,4 @@
-"""The query string of a call (spec §1), checked in the spec's order: 60012, 60006, 60002.
+"""The query string of a call (docs/API.md §1), checked in its order: 60012, 60006, 60002.
 
 The usersig itself is only extracted here; `auth.py` checks it.
 """
@@ -15,6 +15,10 @@ from service.config import App
 from service.errors import ErrorCode, ServiceError
 
 _UINT32_MAX: Final = 2**32 - 1
+# Digits beyond these (after leading zeros) cannot be an sdkappid (int64) or a uint32,
+# and int() of a string over 4,300 digits raises instead of answering.
+_SDKAPPID_DIGITS: Final = 19
+_RANDOM_DIGITS: Final = 10
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -41,9 +45,10 @@ def parse_query(query_string: bytes, apps: Mapping[int, App]) -> Caller:
         raise ServiceError(ErrorCode.SDKAPPID_MISSING, "sdkappid is missing from the query string")
     if not _is_decimal(sdkappid):
         raise ServiceError(ErrorCode.UNKNOWN_APP, "sdkappid is not a number")
-    app = apps.get(int(sdkappid))
+    significant = sdkappid.lstrip("0")
+    app = apps.get(int(significant or "0")) if len(significant) <= _SDKAPPID_DIGITS else None
     if app is None:
-        raise ServiceError(ErrorCode.UNKNOWN_APP, f"sdkappid {sdkappid} is not a configured app")
+        raise ServiceError(ErrorCode.UNKNOWN_APP, f"sdkappid {sdkappid[:24]!r} is not a configured app")
 
     if repeated:
         raise ServiceError(ErrorCode.BAD_QUERY, f"query parameter {repeated[0]!r} is given more than once")
@@ -53,7 +58,8 @@ def parse_query(query_string: bytes, apps: Mapping[int, App]) -> Caller:
     random = params.get("random")
     if random is None:
         raise ServiceError(ErrorCode.BAD_QUERY, "random is missing from the query string")
-    if not _is_decimal(random) or int(random) > _UINT32_MAX:
+    significant = random.lstrip("0")
+    if not _is_decimal(random) or len(significant) > _RANDOM_DIGITS or int(significant or "0") > _UINT32_MAX:
         raise ServiceError(ErrorCode.BAD_QUERY, "random must be an integer from 0 to 4294967295")
     if params.get("contenttype") != "json":
         raise ServiceError(ErrorCode.BAD_QUERY, "contenttype must be json")

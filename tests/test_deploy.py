@@ -130,13 +130,16 @@ def arg_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def secret_value(objects: list[Manifest], name: str, key: str) -> str | None:
-    """A rendered Secret's value, or None when the Secret is not in the render."""
+def secret_value(objects: list[Manifest], name: str, key: str, *, optional: bool = False) -> str | None:
+    """A rendered Secret's value, or None when the Secret is not in the render (or, for
+    an optional reference, has no such key: Kubernetes then leaves the variable unset)."""
     for obj in objects:
         if obj["kind"] == "Secret" and obj["metadata"]["name"] == name:
             if key in obj.get("stringData", {}):
                 text: str = obj["stringData"][key]
                 return text
+            if optional and key not in obj.get("data", {}):
+                return None
             assert key in obj.get("data", {}), f"Secret {name} has no key {key}"
             return base64.b64decode(obj["data"][key]).decode()
     return None
@@ -161,7 +164,9 @@ def container_env(objects: list[Manifest]) -> dict[str, str]:
         source = var.get("valueFrom", {})
         if "secretKeyRef" in source:
             ref = source["secretKeyRef"]
-            value = secret_value(objects, ref["name"], ref["key"])
+            value = secret_value(objects, ref["name"], ref["key"], optional=bool(ref.get("optional")))
+            if value is None and ref.get("optional"):
+                continue  # unset, as Kubernetes leaves it
             if value is None:
                 value = DUMMY_SECRET_VALUES.get(
                     (ref["name"], ref["key"]), f"dummy-{ref['name']}-{ref['key']}"
@@ -539,9 +544,11 @@ def test_every_referenced_configmap_and_secret_exists_or_is_the_operators(kustom
     referenced: dict[str, set[str]] = {}
     for var in container(objects).get("env", []):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if ref is not None:
+        if ref is not None and ref.get("optional"):
+            # Only the retiring key of a rotation may be absent (README, Runbook).
+            assert ref["key"] == "previous-secret-key", f"{var['name']}: a missing Secret must stop the pod"
+        elif ref is not None:
             referenced.setdefault(ref["name"], set()).add(ref["key"])
-            assert not ref.get("optional"), f"{var['name']}: a missing Secret must stop the pod"
     missing = {name: keys for name, keys in referenced.items() if ("Secret", name) not in names}
     expected = {
         "base": {"group-counter-app-keys": OPERATOR_SECRETS["group-counter-app-keys"]},

@@ -8,7 +8,7 @@ import hmac
 import json
 import time
 import zlib
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -173,7 +173,7 @@ def test_valid_usersig_of_non_admin_is_60010(seeded: Api) -> None:
     assert_refused(seeded, usersig_for(REGISTERED_APP, "someone"), 60010, identifier="someone")
 
 
-# The verifier and its cache -------------------------------------------------------------
+# The verifier (its cache is the access check's: tests/test_access_cache.py) ---------------
 
 
 def test_cached_usersig_is_refused_once_it_expires() -> None:
@@ -187,21 +187,6 @@ def test_cached_usersig_is_refused_once_it_expires() -> None:
     with pytest.raises(ServiceError) as caught:
         verifier.verify(usersig, REGISTERED_APP, ADMIN)
     assert caught.value.code == 70001
-
-
-def test_usersig_cache_is_bounded() -> None:
-    verifier = UsersigVerifier({REGISTERED_APP: SECRET}, cache_size=2)
-    sigs = [mint_usersig(REGISTERED_APP, SECRET, ADMIN, expire=1000 + n) for n in range(3)]
-    for usersig in sigs:
-        verifier.verify(usersig, REGISTERED_APP, ADMIN)
-        assert len(verifier._cache) <= 2
-    for usersig in sigs:  # evicted or not, every one still verifies
-        verifier.verify(usersig, REGISTERED_APP, ADMIN)
-        assert len(verifier._cache) <= 2
-    forged = mint_usersig(REGISTERED_APP, "not-the-key", ADMIN)
-    with pytest.raises(ServiceError) as caught:
-        verifier.verify(forged, REGISTERED_APP, ADMIN)
-    assert caught.value.code == 70009
 
 
 def test_cached_usersig_presented_with_another_identifier_or_sdkappid_is_refused() -> None:
@@ -227,3 +212,42 @@ def test_cached_usersig_through_the_api_keeps_identifier_and_sdkappid_checks(see
     )
     assert reply["ErrorCode"] == 70014, reply
     assert seeded.state() == before
+
+
+# Key rotation: the previous key is accepted beside the new one until it is removed ------
+
+ROTATED: Final = "the-new-key-of-the-registered-app"
+
+
+def _verify_code(verifier: UsersigVerifier, usersig: str) -> int:
+    try:
+        verifier.verify(usersig, REGISTERED_APP, ADMIN)
+    except ServiceError as exc:
+        return int(exc.code)
+    return 0
+
+
+def test_during_a_rotation_usersigs_of_the_new_and_the_previous_key_are_both_valid() -> None:
+    verifier = UsersigVerifier({REGISTERED_APP: ROTATED}, previous_keys={REGISTERED_APP: SECRET})
+    assert _verify_code(verifier, mint_usersig(REGISTERED_APP, ROTATED, ADMIN)) == 0
+    assert _verify_code(verifier, mint_usersig(REGISTERED_APP, SECRET, ADMIN)) == 0
+
+
+def test_during_a_rotation_a_usersig_of_any_other_key_is_70009() -> None:
+    verifier = UsersigVerifier({REGISTERED_APP: ROTATED}, previous_keys={REGISTERED_APP: SECRET})
+    assert _verify_code(verifier, mint_usersig(REGISTERED_APP, "neither-key", ADMIN)) == 70009
+
+
+def test_once_the_previous_key_is_removed_its_usersigs_are_70009() -> None:
+    verifier = UsersigVerifier({REGISTERED_APP: ROTATED})
+    assert _verify_code(verifier, mint_usersig(REGISTERED_APP, SECRET, ADMIN)) == 70009
+
+
+def test_the_previous_key_of_one_app_is_no_key_of_another() -> None:
+    verifier = UsersigVerifier(
+        {REGISTERED_APP: ROTATED, OTHER_APP: SECRET_KEYS[OTHER_APP]}, previous_keys={REGISTERED_APP: SECRET}
+    )
+    usersig = mint_usersig(OTHER_APP, SECRET, ADMIN)
+    with pytest.raises(ServiceError) as caught:
+        verifier.verify(usersig, OTHER_APP, ADMIN)
+    assert caught.value.code == 70009

@@ -14,6 +14,7 @@ registered groups). Prints the rounds and the ratio; writes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -36,10 +37,16 @@ from tests.bench.run import (
     run_wrk,
     running,
     service_server,
+    start_redis,
     summarise_rounds,
     write_config,
 )
-from tests.support import RedisServer
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
@@ -51,15 +58,8 @@ def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
         check=True,
         capture_output=True,
     )
-    redis_server = RedisServer().start()
+    redis_server = start_redis(cpus)
     try:
-        assert redis_server.process is not None
-        if cpus.load is not None:
-            subprocess.run(
-                ["taskset", "-a", "-p", "-c", str(cpus.load), str(redis_server.process.pid)],
-                check=True,
-                capture_output=True,
-            )
         config = workdir / "bench.toml"
         write_config(config, redis_server.url)
         usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
@@ -73,15 +73,23 @@ def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
             for server in (before, now):
                 run_wrk(server.port, WARMUP_SECONDS, usersig, groups, cpus.load)
             before_runs, now_runs = [], []
+            # CPU time per answered call: steadier than req/s on a machine shared with other work.
+            cpu: dict[int, list[float]] = {before.port: [], now.port: []}
             for round_number in range(1, rounds + 1):
                 order = (before, now) if round_number % 2 else (now, before)
-                runs = {s.port: run_wrk(s.port, duration, usersig, groups, cpus.load) for s in order}
+                runs = {}
+                for server in order:
+                    spent = cpu_seconds(server.pid)
+                    runs[server.port] = run_wrk(server.port, duration, usersig, groups, cpus.load)
+                    spent = cpu_seconds(server.pid) - spent
+                    cpu[server.port].append(spent / max(runs[server.port].requests, 1) * 1e6)
                 before_runs.append(runs[before.port])
                 now_runs.append(runs[now.port])
+                then, current = runs[before.port], runs[now.port]
                 print(
-                    f"round {round_number}/{rounds}: {ref} {runs[before.port].rps:,.0f} req/s, "
-                    f"now {runs[now.port].rps:,.0f} req/s "
-                    f"({runs[now.port].rps / runs[before.port].rps:.3f})",
+                    f"round {round_number}/{rounds}: {ref} {then.rps:,.0f} req/s "
+                    f"({cpu[before.port][-1]:.1f} us CPU/call), now {current.rps:,.0f} req/s "
+                    f"({cpu[now.port][-1]:.1f} us CPU/call), ratio {current.rps / then.rps:.3f}",
                     flush=True,
                 )
     finally:
@@ -93,6 +101,11 @@ def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
     print(f"{ref}: {b['rps']:,.0f} req/s (p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms)")
     print(f"now: {n['rps']:,.0f} req/s (p50 {n['p50_ms']:.2f} ms, p99 {n['p99_ms']:.2f} ms)")
     print(f"ratio now/{ref}, median of {rounds} paired rounds: {ratio:.3f} ({cpus.note})")
+    cpu_ratio = statistics.median(n / b for b, n in zip(cpu[before.port], cpu[now.port], strict=True))
+    print(
+        f"CPU per call: {ref} {statistics.median(cpu[before.port]):.1f} us, "
+        f"now {statistics.median(cpu[now.port]):.1f} us; now/{ref}, median of paired rounds: {cpu_ratio:.3f}"
+    )
     return ratio
 
 

@@ -990,6 +990,19 @@ class Options:
     chart: Path
 
 
+def start_redis(cpus: Cpus) -> RedisServer:
+    """The bench's own redis-server, pinned to the load generators' CPU."""
+    server = RedisServer().start()
+    assert server.process is not None
+    if cpus.load is not None:
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", str(cpus.load), str(server.process.pid)],
+            check=True,
+            capture_output=True,
+        )
+    return server
+
+
 @contextlib.contextmanager
 def running(*servers: Server) -> Iterator[None]:
     try:
@@ -1017,15 +1030,8 @@ def measure(options: Options, command: str) -> dict[str, Any]:
         "loadavg_start": load_average(),
     }
     ledger = Ledger()
-    redis_server = RedisServer().start()
+    redis_server = start_redis(cpus)
     try:
-        assert redis_server.process is not None
-        if cpus.load is not None:
-            subprocess.run(
-                ["taskset", "-a", "-p", "-c", str(cpus.load), str(redis_server.process.pid)],
-                check=True,
-                capture_output=True,
-            )
         config = workdir / "bench.toml"
         write_config(config, redis_server.url)
         inspector = redis.Redis(port=redis_server.port)
