@@ -39,8 +39,8 @@ from service.wire import GroupType
 PATH: Final = "/v4/group_open_http_svc/"
 RETRIED: Final = frozenset({10002, 60007})
 GROUP_TYPES: Final[tuple[str, ...]] = get_args(GroupType)
-# Codes that mean "this GroupType is not one the source filters by": skip it, say so.
-TYPE_REFUSED: Final = frozenset({10004, 10007})
+# The source refuses this GroupType as a filter (invalid parameter): skip it, say so.
+TYPE_REFUSED: Final = frozenset({10004})
 # get_group_counter calls in flight at once (the pacer sets the rate, this the overlap).
 WINDOW: Final = 16
 # Groups between two checkpoints in the counters step.
