@@ -4,6 +4,9 @@ python -m service --host HOST --port PORT --config FILE   (serve is the default)
 python -m service usersig --config FILE [--sdkappid N] [--identifier ID] [--expire SECONDS]
 python -m service check-config --config FILE [--connect]
 python -m service curl-example --config FILE [--port PORT] [--require-free-port]
+python -m service export --config FILE [--sdkappid N] > groups.jsonl
+python -m service import --config FILE [--input FILE] [--dry-run] [--on-conflict skip|overwrite|fail]
+python -m service migrate --from URL --sdkappid N --identifier ADMIN --secret-key-env NAME [--to CONFIG]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ CONFIG_ENV: Final = "SERVICE_CONFIG"
 # --metrics-port reaches uvicorn's worker processes through these, as the config path does.
 METRICS_HOST_ENV: Final = "SERVICE_METRICS_HOST"
 METRICS_PORT_ENV: Final = "SERVICE_METRICS_PORT"
-SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example")
+SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example", "export", "import", "migrate")
 
 
 def app_from_env() -> CommandFirst:
@@ -237,9 +240,64 @@ def main(argv: list[str] | None = None) -> int:
     curl.add_argument(
         "--require-free-port", action="store_true", help="print nothing and exit 1 if HOST:PORT is taken"
     )
-    for command in (serve, usersig, curl, sub.choices["check-config"]):
+    export = sub.add_parser("export", help="every group as JSON Lines on stdout")
+    export.add_argument("--sdkappid", type=int, help="one app only (default: every app of the config)")
+    load = sub.add_parser("import", help="create groups and set their counters from JSON Lines")
+    load.add_argument("--input", default="-", help="the JSON Lines file (default: stdin)")
+    load.add_argument("--dry-run", action="store_true", help="check every line and report; write nothing")
+    conflicts = ("skip", "overwrite", "fail")
+    load.add_argument(
+        "--on-conflict",
+        choices=conflicts,
+        default="fail",
+        help="when a different group is there (default fail)",
+    )
+    move = sub.add_parser("migrate", help="pull an app's groups off a platform-compatible API")
+    move.add_argument(
+        "--from", dest="source", required=True, help="the API's base URL, e.g. https://console.tim.qq.com"
+    )
+    move.add_argument("--sdkappid", type=int, required=True)
+    move.add_argument("--identifier", required=True, help="an admin of the app on the source")
+    move.add_argument(
+        "--secret-key-env", required=True, help="environment variable holding the app's secret key"
+    )
+    move.add_argument("--to", help="a config to import into when done (default: only write --out)")
+    move.add_argument(
+        "--out", help="the JSON Lines file (default migrate-<sdkappid>.jsonl); its checkpoint is next to it"
+    )
+    move.add_argument("--on-conflict", choices=conflicts, default="fail", help="for the import into --to")
+    move.add_argument("--rate", type=float, default=200.0, help="calls per second at most (default 200)")
+    move.add_argument(
+        "--list-rate", type=float, default=1.0, help="get_appid_group_list calls per second (default 1)"
+    )
+    move.add_argument(
+        "--retries", type=int, default=8, help="retries of one call before stopping (default 8)"
+    )
+    move.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles)")
+    for command in (serve, usersig, curl, sub.choices["check-config"], export, load):
         command.add_argument("--config", required=True, help="TOML config file")
     args = parser.parse_args(args_in)
+
+    if args.subcommand == "migrate":
+        from service.moving import migrate_command
+
+        try:
+            return migrate_command(
+                args.source,
+                args.sdkappid,
+                args.identifier,
+                args.secret_key_env,
+                out=args.out,
+                to_config=args.to,
+                on_conflict=args.on_conflict,
+                rate=args.rate,
+                list_rate=args.list_rate,
+                retries=args.retries,
+                backoff=args.backoff,
+            )
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
 
     try:
         settings = load_config(args.config)
@@ -250,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
                 return _usersig(args, settings)
             case "curl-example":
                 return _curl_example(args, settings)
+            case "export":
+                from service.moving import export_command
+
+                return export_command(settings, args.sdkappid)
+            case "import":
+                from service.moving import import_command
+
+                return import_command(settings, args.input, args.on_conflict, args.dry_run)
             case _:
                 print(
                     f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://"

@@ -18,7 +18,8 @@ from service import scripts
 from service.call import Call
 from service.config import App
 from service.errors import ErrorCode, ServiceError
-from service.keys import group_key, idempotency_key
+from service.keys import group_key, group_list_key, idempotency_key
+from service.listing import count_groups, list_page
 from service.scripts import ScriptArg, ScriptCall, ScriptReply
 from service.validate import (
     COMMUNITY_PREFIX,
@@ -34,9 +35,12 @@ from service.wire import (
     CreateGroupReply,
     DeleteGroupCounter,
     DestroyGroup,
+    GetAppidGroupList,
     GetGroupCounter,
     GroupCounter,
     GroupCounterReply,
+    GroupIdItem,
+    GroupListReply,
     Reply,
     UpdateGroupCounter,
     encoder,
@@ -242,6 +246,38 @@ async def destroy_group(call: Call, request: DestroyGroup) -> bytes:
     return _OK
 
 
+async def get_appid_group_list(call: Call, request: GetAppidGroupList) -> bytes:
+    # The walk below is no single script: it counts against the app's limit on its own.
+    await call.limit.count_alone()
+    app = call.app
+    if app.list_rate_limit:
+        # The platform allows this command once a second per app: a whole walk of the
+        # app's keys per call (TotalCount) is why, here too.
+        # Through the store, not `call.run`: a 60007 here is this command's limit, not the app's.
+        reply = await call.store.run(
+            ScriptCall(scripts.RATE_LIMIT, [group_list_key(app.sdkappid)], [app.list_rate_limit])
+        )
+        if reply[0] != 0:
+            raise ServiceError(
+                ErrorCode.RATE_LIMITED,
+                f"get_appid_group_list is allowed {app.list_rate_limit} time(s) a second per app",
+            )
+    ids, next_value = await list_page(
+        call.store,
+        app.sdkappid,
+        limit=request.limit,
+        next_value=request.next,
+        wanted_type=request.group_type,
+        implicit=app.implicit_groups,
+    )
+    total = await count_groups(call.store, app.sdkappid)
+    return encoder.encode(
+        GroupListReply(
+            total_count=total, group_id_list=[GroupIdItem(group_id) for group_id in ids], next=next_value
+        )
+    )
+
+
 class Command(Generic[R]):
     """A command's body decoder (built once) and its function of the typed request."""
 
@@ -262,4 +298,5 @@ COMMANDS: Final[dict[str, Command[Any]]] = {
     "delete_group_counter": Command(DeleteGroupCounter, delete_group_counter),
     "create_group": Command(CreateGroup, create_group),
     "destroy_group": Command(DestroyGroup, destroy_group),
+    "get_appid_group_list": Command(GetAppidGroupList, get_appid_group_list),
 }

@@ -39,6 +39,8 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Increase or Decrease the `client_keys` (docs/API.md, "End users"). Off by default.
     end_users: bool = False
     client_keys: list[str] = msgspec.field(default_factory=list)
+    # get_appid_group_list calls per second: the platform allows one (docs/API.md §2).
+    list_rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -73,6 +75,7 @@ class App(msgspec.Struct, frozen=True):
     previous_secret_key: str | None = None
     end_users: bool = False
     client_keys: frozenset[str] = frozenset()
+    list_rate_limit: int = 1
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -181,6 +184,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             rate_limit=app.rate_limit,
             end_users=app.end_users,
             client_keys=frozenset(app.client_keys),
+            list_rate_limit=app.list_rate_limit,
         )
     redis_url = env.get("REDIS_URL") or config.redis_url
     try:

@@ -4,6 +4,7 @@
     {<sdkappid>:<escaped GroupId>}:idempotency:<key>        an Idempotency-Key's record
     {ratelimit:<sdkappid>}                                  an app's rate-limit window
     {enduser:<sdkappid>:<escaped identifier>}               an end user's 5 s window
+    {grouplist:<sdkappid>}                                  get_appid_group_list's own window
     {readyz}                                                the readiness probe's key
 
 The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
@@ -17,6 +18,7 @@ Tags of groups start with a digit, the others with a letter.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # Not a group's key: GroupIds are never empty, so `{<sdkappid>:...}` never matches it.
@@ -24,12 +26,34 @@ READINESS_KEY: Final = "{readyz}"
 
 
 _ESCAPES: Final = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+_UNESCAPES: Final = {"%25": "%", "%7B": "{", "%7D": "}"}
+# Left to right, every `%` of an escaped GroupId starts one of the three escapes.
+_ESCAPED: Final = re.compile("%25|%7B|%7D")
 
 
 def group_key(sdkappid: int, group_id: str) -> str:
     if "%" in group_id or "{" in group_id or "}" in group_id:  # rare: translate costs 0.5 us
         group_id = group_id.translate(_ESCAPES)
     return f"{{{sdkappid}:{group_id}}}"
+
+
+def group_pattern(sdkappid: int) -> str:
+    """A SCAN MATCH pattern for every group of the app. It matches some idempotency
+    records too (an Idempotency-Key may end with `}`): `group_id_from_key` tells them apart."""
+    return f"{{{sdkappid}:*}}"
+
+
+def group_id_from_key(sdkappid: int, key: str) -> str | None:
+    """The GroupId whose hash `key` is (`group_key`'s inverse), or None for any other key."""
+    prefix = f"{{{sdkappid}:"
+    if not (key.startswith(prefix) and key.endswith("}")):
+        return None
+    escaped = key[len(prefix) : -1]
+    # An escaped GroupId holds no brace, so a brace inside means the tag ended earlier:
+    # another key of the group (`...}:idempotency:x}`), not its hash.
+    if not escaped or "{" in escaped or "}" in escaped or not escaped.isascii():
+        return None
+    return _ESCAPED.sub(lambda match: _UNESCAPES[match[0]], escaped)
 
 
 def idempotency_key(group: str, key: str) -> str:
@@ -49,3 +73,8 @@ def end_user_window_key(sdkappid: int, identifier: str) -> str:
 def rate_limit_key(sdkappid: int) -> str:
     # Never a group's key: those tags start with the numeric sdkappid.
     return f"{{ratelimit:{sdkappid}}}"
+
+
+def group_list_key(sdkappid: int) -> str:
+    """get_appid_group_list's once-a-second window, apart from the app's own rate limit."""
+    return f"{{grouplist:{sdkappid}}}"

@@ -61,6 +61,8 @@ CREATE_GROUP: Final = Script("create_group", keys=2)
 DESTROY_GROUP: Final = Script("destroy_group", keys=2)
 RATE_LIMIT: Final = Script("rate_limit", keys=1)
 END_USER_LIMIT: Final = Script("end_user_limit", keys=1)
+READ_GROUP: Final = Script("read_group", keys=1)
+IMPORT_GROUP: Final = Script("import_group", keys=1)
 SCRIPTS: Final = (
     UPDATE_COUNTERS,
     GET_COUNTERS,
@@ -69,4 +71,6 @@ SCRIPTS: Final = (
     DESTROY_GROUP,
     RATE_LIMIT,
     END_USER_LIMIT,
+    READ_GROUP,
+    IMPORT_GROUP,
 )

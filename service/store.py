@@ -25,6 +25,7 @@ from service.urls import EMBEDDED
 log = logging.getLogger("service.store")
 
 EMBEDDED_URL: Final = f"{EMBEDDED}://"
+_UNAVAILABLE: Final = "internal error: the store is unavailable, retry later"
 
 
 def open_store(url: str, *, timeout: float, max_pending: int = 10_000) -> Store:
@@ -56,6 +57,24 @@ class Store:
             ) from exc
         TALLY.redis_call(name, time.perf_counter() - started)
         return reply
+
+    async def masters(self) -> int:
+        """How many masters a listing walks (1 unless on a Cluster); 10002 on a fault."""
+        try:
+            return await self.transport.masters()
+        except RedisError as exc:
+            TALLY.redis_error("masters")
+            log.warning("redis call masters failed: %s: %s", type(exc).__name__, exc)
+            raise ServiceError(ErrorCode.INTERNAL, _UNAVAILABLE) from exc
+
+    async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+        """One SCAN step on one master; 10002 on a fault."""
+        try:
+            return await self.transport.scan(master, cursor, match, count)
+        except RedisError as exc:
+            TALLY.redis_error("scan")
+            log.warning("redis call scan failed: %s: %s", type(exc).__name__, exc)
+            raise ServiceError(ErrorCode.INTERNAL, _UNAVAILABLE) from exc
 
     async def probe(self) -> None:
         """A real script round trip (EVALSHA, reloading on NOSCRIPT), for readiness."""

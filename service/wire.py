@@ -57,6 +57,14 @@ class DestroyGroup(msgspec.Struct, rename="pascal"):
     group_id: str
 
 
+class GetAppidGroupList(msgspec.Struct, rename="pascal"):
+    # Limit 0 is refused rather than read as "the default": absent is the default.
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    # The Next of a previous reply (0: the first page); its meaning is ours (listing.py).
+    next: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    group_type: GroupType | None = None
+
+
 # Replies ----------------------------------------------------------------------------
 
 
@@ -72,6 +80,16 @@ class GroupCounterReply(Reply):
 
 class CreateGroupReply(Reply):
     group_id: str = ""
+
+
+class GroupIdItem(msgspec.Struct, rename="pascal"):
+    group_id: str
+
+
+class GroupListReply(Reply):
+    total_count: int = 0
+    group_id_list: list[GroupIdItem] = []
+    next: int = 0
 
 
 encoder: Final = msgspec.json.Encoder()

@@ -21,10 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import service.commands
+import service.listing
 import service.scripts
+import service.transfer
 from service.scripts import (
     END_USER_LIMIT,
-    RATE_LIMIT,
+    IMPORT_GROUP,
     SCRIPTS,
     UPDATE_COUNTERS,
     Script,
@@ -38,7 +40,11 @@ from tests.support import END_USER_APP, IMPLICIT_APP, RATE_LIMITED_APP, Api, Red
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 LUA_DIR: Final = Path(__file__).resolve().parents[1] / "lua"
-COMMANDS_SOURCE: Final = Path(service.commands.__file__).read_text(encoding="utf-8")
+# Every module that builds a ScriptCall of a script by its `scripts.NAME`.
+CALLER_SOURCES: Final = [
+    Path(module.__file__ or "").read_text(encoding="utf-8")
+    for module in (service.commands, service.listing, service.transfer)
+]
 SCRIPT_IDS: Final = [script.name for script in SCRIPTS]
 
 
@@ -122,7 +128,7 @@ def _script_calls(source: str) -> list[ast.Call]:
 
 def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> None:
     called: set[str] = set()
-    for call in _script_calls(COMMANDS_SOURCE):
+    for call in [call for source in CALLER_SOURCES for call in _script_calls(source)]:
         assert len(call.args) == 3, f"line {call.lineno}: ScriptCall takes (script, keys, args)"
         target, keys, args = call.args
         assert isinstance(target, ast.Attribute), f"line {call.lineno}: the script is not scripts.<NAME>"
@@ -139,8 +145,8 @@ def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> 
         variadic = len(fixed) != len(args.elts)
         assert len(fixed) == len(header.argv), f"line {call.lineno}: {script.name} fixed ARGV"
         assert variadic == (header.argv_rest is not None), f"line {call.lineno}: {script.name} ARGV tail"
-    # rate_limit and end_user_limit run on their own, from service/rate_limit.py.
-    expected = {script.name for script in SCRIPTS} - {RATE_LIMIT.name, END_USER_LIMIT.name}
+    # end_user_limit runs on its own, from service/rate_limit.py.
+    expected = {script.name for script in SCRIPTS} - {END_USER_LIMIT.name}
     assert called == expected, f"scripts never called: {called ^ expected}"
 
 
@@ -172,7 +178,10 @@ def test_every_command_calls_its_script_with_the_argv_count_the_header_documents
     # An end user's call is counted in their own window.
     api.call("get_group_counter", {"GroupId": "g"}, sdkappid=END_USER_APP, identifier="viewer")
 
-    assert {script.name for script, _, _ in seen} == set(SCRIPT_IDS)
+    api.create("listed")
+    api.call("get_appid_group_list", {"GroupType": "Public"})
+    # import_group runs from the CLI, not a command: tests/test_transfer.py checks its calls.
+    assert {script.name for script, _, _ in seen} == set(SCRIPT_IDS) - {IMPORT_GROUP.name}
     for script, keys, args in seen:
         header = parse_header(script)
         assert len(keys) == script.keys == len(header.keys), (script.name, keys)

@@ -31,6 +31,12 @@ class Transport(Protocol):
 
     async def ping(self) -> None: ...
 
+    # Listing an app's groups walks every master's keys with SCAN (no index costs the
+    # update path a write). Masters are numbered 0..masters()-1 in a stable order.
+    async def masters(self) -> int: ...
+
+    async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]: ...
+
     async def config_value(self, name: str) -> str: ...
 
     async def close(self) -> None: ...
@@ -55,6 +61,12 @@ async def config_value(client: Any, name: str) -> str:
     reply: dict[Any, Any] = await client.config_get(name)
     value = reply.get(name.encode(), reply.get(name, b""))
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def scan_reply(reply: Any) -> tuple[int, list[bytes]]:
+    """SCAN's [cursor, keys], raw or as redis-py's callback parses it (cursor as int)."""
+    cursor, keys = reply
+    return int(cursor), list(keys)
 
 
 def is_connection_fault(exc: RedisError) -> bool:

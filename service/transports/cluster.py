@@ -29,7 +29,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptArg, ScriptCall, ScriptReply
-from service.transports.base import Gate, is_connection_fault, no_retry, run_with_reload
+from service.transports.base import Gate, is_connection_fault, no_retry, run_with_reload, scan_reply
 from service.urls import RedisUrl
 
 log = logging.getLogger("service.transports.cluster")
@@ -172,6 +172,29 @@ class ClusterTransport:
                 if is_connection_fault(exc):
                     self._stale = True
                 raise
+
+    async def masters(self) -> int:
+        return len(await self._primaries())
+
+    async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+        """SCAN on the master-th primary (by name). A topology change between two pages
+        renumbers them: a listing is only exact while the cluster's masters stay put."""
+        try:
+            async with asyncio.timeout(self._timeout), self._gate:
+                primaries = await self._primaries()
+                if master >= len(primaries):
+                    raise ClusterError(f"the cluster has {len(primaries)} masters, not {master + 1}")
+                node = primaries[master]
+                try:
+                    reply = await node.execute_command("SCAN", cursor, "MATCH", match, "COUNT", count)
+                except RedisError as exc:
+                    if is_connection_fault(exc):
+                        self._stale = True
+                    raise
+        except TimeoutError:
+            self._stale = True
+            raise RedisTimeoutError(f"redis did not answer within {self._timeout} s") from None
+        return scan_reply(reply)
 
     async def config_value(self, name: str) -> str:
         """The primaries' value; where they differ, each is logged and the first returned."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from service.scripts import ScriptCall, ScriptReply
-from service.transports.base import config_value, run_with_reload
+from service.transports.base import config_value, run_with_reload, scan_reply
 
 
 class RedisPyTransport:
@@ -20,6 +20,12 @@ class RedisPyTransport:
 
     async def ping(self) -> None:
         await self.client.ping()
+
+    async def masters(self) -> int:
+        return 1
+
+    async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+        return scan_reply(await self.client.scan(cursor, match=match, count=count))
 
     async def config_value(self, name: str) -> str:
         return await config_value(self.client, name)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service.scripts import ScriptCall, ScriptReply
-from service.transports.base import run_with_reload
+from service.transports.base import run_with_reload, scan_reply
 from service.transports.connection import PipelinedConnection
 from service.urls import RedisUrl
 
@@ -32,6 +32,12 @@ class PipelinedTransport:
 
     async def ping(self) -> None:
         await self.connection.execute("PING")
+
+    async def masters(self) -> int:
+        return 1
+
+    async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+        return scan_reply(await self.connection.execute("SCAN", cursor, "MATCH", match, "COUNT", count))
 
     async def config_value(self, name: str) -> str:
         reply = await self.connection.execute("CONFIG", "GET", name)

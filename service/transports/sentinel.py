@@ -22,7 +22,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptCall, ScriptReply
-from service.transports.base import Gate, config_value, is_connection_fault, no_retry, run_with_reload
+from service.transports.base import (
+    Gate,
+    config_value,
+    is_connection_fault,
+    no_retry,
+    run_with_reload,
+    scan_reply,
+)
 from service.urls import RedisUrl
 
 log = logging.getLogger("service.transports.sentinel")
@@ -123,6 +130,23 @@ class SentinelTransport:
         except RedisError as exc:
             await self._faulted(exc)
             raise
+
+    async def masters(self) -> int:
+        return 1
+
+    async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+        self._watch_master()
+        try:
+            async with asyncio.timeout(self._timeout), self._gate:
+                reply = await self.client.scan(cursor, match=match, count=count)
+        except TimeoutError:
+            exc: RedisError = RedisTimeoutError(f"redis did not answer within {self._timeout} s")
+            await self._faulted(exc)
+            raise exc from None
+        except RedisError as exc:
+            await self._faulted(exc)
+            raise
+        return scan_reply(reply)
 
     async def config_value(self, name: str) -> str:
         return await config_value(self.client, name)
