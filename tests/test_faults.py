@@ -486,7 +486,9 @@ def test_stalled_redis_past_max_pending_refuses_calls_at_once_instead_of_queuein
 
         assert_every_call_answered_ok_or_10002(outcomes)
         stall, stall_end = marks["stall"], marks["stall_end"]
-        during = [o for o in outcomes if stall <= o.started and o.ended <= stall_end]
+        # The mark is taken as DEBUG SLEEP leaves for Redis: on busy cores a call that starts
+        # just after it can still be answered before Redis begins to sleep.
+        during = [o for o in outcomes if stall + 0.2 <= o.started and o.ended <= stall_end]
         refused = [o for o in during if o.code == INTERNAL and o.latency < 0.3]
         waited = [o for o in outcomes if o.latency >= 0.45]
         # At most max_pending calls wait on the stalled Redis at any moment (on its connection,
