@@ -43,6 +43,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
+    # Watchers (watch_group_counter) and the notices every change publishes for them.
+    live_counters: bool = True
 
 
 class App(msgspec.Struct, frozen=True):

@@ -3,6 +3,7 @@
     {<sdkappid>:<escaped GroupId>}                          a group's hash
     {<sdkappid>:<escaped GroupId>}:idempotency:<key>        an Idempotency-Key's record
     {ratelimit:<sdkappid>}                                  an app's rate-limit window
+    {<sdkappid>:<escaped GroupId>}:changes                  a group's channel (pub/sub, not a key)
     {readyz}                                                the readiness probe's key
 
 The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
@@ -33,6 +34,13 @@ def idempotency_key(group: str, key: str) -> str:
     """The record of an Idempotency-Key, after the group's key (`group_key`): in the
     group's slot, so the script that updates the group can write it."""
     return f"{group}:idempotency:{key}"
+
+
+def changes_channel(group: str) -> str:
+    """The channel a group's changes are announced on (`group_key` then `:changes`): its
+    hash tag puts it in the group's slot, so on a Cluster the script that changes the
+    group may SPUBLISH to it, and its watchers subscribe on the node that owns the group."""
+    return f"{group}:changes"
 
 
 def rate_limit_key(sdkappid: int) -> str:

@@ -63,4 +63,13 @@ DELETE_COUNTERS: Final = Script("delete_counters", keys=3)
 CREATE_GROUP: Final = Script("create_group", keys=2)
 DESTROY_GROUP: Final = Script("destroy_group", keys=2)
 RATE_LIMIT: Final = Script("rate_limit", keys=1)
-SCRIPTS: Final = (UPDATE_COUNTERS, GET_COUNTERS, DELETE_COUNTERS, CREATE_GROUP, DESTROY_GROUP, RATE_LIMIT)
+READ_GROUP: Final = Script("read_group", keys=2)
+SCRIPTS: Final = (
+    UPDATE_COUNTERS,
+    GET_COUNTERS,
+    DELETE_COUNTERS,
+    CREATE_GROUP,
+    DESTROY_GROUP,
+    RATE_LIMIT,
+    READ_GROUP,
+)
