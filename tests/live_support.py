@@ -35,6 +35,7 @@ class Event:
 class Served:
     port: int
     server: uvicorn.Server
+    opened: list[Watch] = field(default_factory=list)
 
     def post(self, command: str, body: dict[str, Any], sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -68,7 +69,9 @@ class Served:
         sdkappid: int = REGISTERED_APP,
         **overrides: Any,
     ) -> Watch:
-        return Watch(self.port, group_id, last_event_id, sdkappid, overrides)
+        watch = Watch(self.port, group_id, last_event_id, sdkappid, overrides)
+        self.opened.append(watch)
+        return watch
 
 
 class Watch:
@@ -143,9 +146,12 @@ def serving(settings: Settings, store: Store) -> Iterator[Served]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         assert thread.is_alive(), "uvicorn stopped"
         time.sleep(0.01)
+    served = Served(port, server)
     try:
-        yield Served(port, server)
+        yield served
     finally:
+        for watch in served.opened:
+            watch.close()
         server.should_exit = True
         thread.join(15)
 
