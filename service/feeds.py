@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, cast
 
 import msgspec
+from starlette.types import Send
 
 from service.commands import GroupSnapshot, read_group
 from service.errors import ErrorCode, ServiceError
@@ -66,10 +68,41 @@ def _frame(event: str, ident: str, data: msgspec.Struct) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (ident.encode(), event.encode(), encoder.encode(data))
 
 
-class Watcher:
-    """One SSE client's queue of frames; the endpoint writes them as they come."""
+class _Resume:
+    """Hands a coroutine that suspended while we drove it by hand to a task, to finish.
 
-    __slots__ = ("ended", "frames", "limit", "overflowed", "size", "wakeup")
+    `coroutine.send(None)` ran it up to `blocker`, the future it waits on (the socket's
+    drain); awaiting this resumes it exactly where it stopped."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+        self.coroutine = coroutine
+        self.blocker = blocker
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        pending = self.blocker
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:  # cancelled: the coroutine learns it too
+                pending = self.coroutine.throw(exc)
+                continue
+            try:
+                pending = self.coroutine.send(value)
+            except StopIteration:
+                return
+
+
+class Watcher:
+    """One SSE client: frames go straight to its socket while it keeps up.
+
+    A frame for a watcher that is idle is written at once, from the feed's own step:
+    `send` runs to completion without suspending unless the socket's buffer is full
+    (uvicorn's flow control). Then, and only then, the watcher gets a task of its own
+    that waits for the socket to drain, frames queue meanwhile (bounded), and the task
+    writes them as one chunk when it can. So ten thousand watchers that keep up cost
+    one write each per flush of the feed and no task switch at all."""
+
+    __slots__ = ("busy", "ended", "finished", "frames", "limit", "overflowed", "send", "size", "writer")
 
     def __init__(self, limit: int) -> None:
         self.frames: list[bytes] = []
@@ -77,41 +110,63 @@ class Watcher:
         self.limit = limit
         self.ended = False
         self.overflowed = False
-        self.wakeup: asyncio.Future[None] | None = None
+        # Until the endpoint has sent the response's start and first frames, it owns the socket.
+        self.busy = True
+        self.send: Send | None = None
+        self.writer: asyncio.Future[None] | None = None
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def push(self, frame: bytes) -> None:
         if self.ended:
+            return
+        if not self.busy:
+            self._write_now(frame)
             return
         self.size += len(frame)
         if self.size > self.limit:
             # Cut off: what it holds is dropped with it, so its memory stays bounded.
             self.frames.clear()
-            self.overflowed = self.ended = True
+            self.overflowed = True
+            self.end()
         else:
             self.frames.append(frame)
-        self._wake()
 
     def end(self, frame: bytes = b"") -> None:
         if frame:
             self.push(frame)
         self.ended = True
-        self._wake()
+        if not self.finished.done():
+            self.finished.set_result(None)
 
-    def _wake(self) -> None:
-        wakeup = self.wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+    def _write_now(self, frame: bytes) -> None:
+        assert self.send is not None
+        message = {"type": "http.response.body", "body": frame, "more_body": True}
+        # An ASGI server's send is a coroutine function (uvicorn's is): driven by hand here.
+        coroutine = cast(Coroutine[Any, Any, None], self.send(message))
+        try:
+            blocker = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the client is gone: the endpoint ends the stream
+            self.end()
+            return
+        self.busy = True
+        self.writer = asyncio.ensure_future(self._finish(coroutine, blocker))
 
-    async def take(self) -> bytes:
-        """Every frame queued so far, as one write; b"" once ended and drained."""
-        if not self.frames and not self.ended:
-            self.wakeup = asyncio.get_running_loop().create_future()
-            try:
-                await self.wakeup
-            finally:
-                self.wakeup = None
-        frames, self.frames, self.size = self.frames, [], 0
-        return b"".join(frames)
+    async def _finish(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+        try:
+            await _Resume(coroutine, blocker)
+            await self.flush()
+        except Exception:
+            self.end()
+
+    async def flush(self) -> None:
+        """Write what queued while the socket was busy, then take frames directly again."""
+        assert self.send is not None
+        while self.frames:
+            frames, self.frames, self.size = self.frames, [], 0
+            await self.send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        self.busy = False
 
 
 class Feed:
@@ -135,6 +190,23 @@ class Feed:
         self.error: ServiceError | None = None
         self.syncing: asyncio.Task[None] | None = None
         self._snapshot_frames: dict[bool, bytes] = {}
+        # Frames for every watcher not written yet: written together at the end of this
+        # loop step, one write per watcher however many notices arrived in the step.
+        self.outbox: list[bytes] = []
+
+    def broadcast(self, frame: bytes) -> None:
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append(frame)
+
+    def flush(self) -> None:
+        if not self.outbox:
+            return
+        chunk = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
+        self.outbox.clear()
+        for watcher in self.watchers:
+            watcher.push(chunk)
+        self.owner.drop_overflowed(self)
 
     @property
     def in_sync(self) -> bool:
@@ -218,13 +290,11 @@ class Feed:
             for name in deleted:
                 self.counters.pop(name, None)
             event = ChangeEvent(self.group_id, self.version, [], deleted)
-        frame = _frame("change", self.event_id, event)
-        for watcher in self.watchers:
-            watcher.push(frame)
-        self.owner.drop_overflowed(self)
+        self.broadcast(_frame("change", self.event_id, event))
 
     def _end_watchers(self, incarnation: str, version: int) -> None:
         frame = _frame("destroyed", event_id(incarnation, version), DestroyedEvent(self.group_id, version))
+        self.flush()
         watchers, self.watchers = self.watchers, set()
         for watcher in watchers:
             watcher.end(frame)
@@ -258,9 +328,7 @@ class Feed:
         self._snapshot_frames.clear()
         self.error = None
         if resynced:
-            frame = self.snapshot_frame(resync=True)
-            for watcher in self.watchers:
-                watcher.push(frame)
+            self.broadcast(self.snapshot_frame(resync=True))
         pending, self.pending = self.pending, []
         for notice in pending:
             if self.snapshot is None:  # a gap in what waited: another snapshot is on its way
@@ -269,7 +337,6 @@ class Feed:
                 self._apply(notice)
         if self.snapshot is not None:
             self.synced.set()
-        self.owner.drop_overflowed(self)
 
     def _refused(self, exc: ServiceError) -> None:
         """The group is gone (10010: destroyed while the subscription was down) or is
@@ -334,6 +401,7 @@ class Feeds:
                 self.release(feed)
         # From here to the return nothing awaits: the snapshot and the first notice
         # after it meet in this watcher's queue in order.
+        feed.flush()  # what the state already holds must not reach the new watcher again
         watcher = Watcher(self.buffer_bytes)
         if last_event_id != feed.event_id:
             watcher.push(feed.snapshot_frame(resync=last_event_id is not None))
@@ -396,9 +464,7 @@ class Feeds:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             for feed in list(self.feeds.values()):
-                for watcher in feed.watchers:
-                    watcher.push(_HEARTBEAT)
-                self.drop_overflowed(feed)
+                feed.broadcast(_HEARTBEAT)
 
     def end_all(self) -> None:
         """Shutting down: every stream ends now (its client reconnects elsewhere)."""

@@ -127,18 +127,18 @@ class WatchEndpoint:
         try:
             headers = [*_HEADERS, (b"x-request-id", request_id)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            chunk = _PREAMBLE
-            while True:
-                chunk += await watcher.take()
-                if chunk and not gone.done():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                chunk = b""
-                if watcher.ended:
-                    break
-            if not gone.done():
+            await send({"type": "http.response.body", "body": _PREAMBLE, "more_body": True})
+            watcher.send = send
+            await watcher.flush()  # the first frames; from now on the feed writes directly
+            await watcher.finished
+            if watcher.writer is not None and not watcher.overflowed:
+                await watcher.writer  # the last frames (a destroy) reach the client first
+            if not gone.done() and not watcher.overflowed:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
+            if watcher.writer is not None:
+                watcher.writer.cancel()
             self.feeds.leave(channel, watcher)
 
     def _log(
