@@ -127,7 +127,7 @@ def _idempotency(call: Call, command: str, group: str, args: Sequence[ScriptArg]
     key again, an empty fingerprint and the token."""
     if call.idempotency_key is None:
         # Only unique per group life, never secret: the cheap generator will do.
-        return group, "", f"{random.getrandbits(64):016x}"
+        return group, "", f"{random.getrandbits(32):08x}"
     record = idempotency_key(group, call.idempotency_key)
     return record, _fingerprint(command, args), secrets.token_hex(8)
 
