@@ -330,11 +330,22 @@ class Feed:
         if resynced:
             self.broadcast(self.snapshot_frame(resync=True))
         pending, self.pending = self.pending, []
+        caught_up = False
         for notice in pending:
             if self.snapshot is None:  # a gap in what waited: another snapshot is on its way
                 self.pending.append(notice)
-            else:
-                self._apply(notice)
+                continue
+            # A notice of another life of the group that waited for this snapshot was
+            # published before it (a later life would start with the destroy of this
+            # one): the snapshot holds its outcome, and resyncing on it would never end.
+            if (
+                not caught_up
+                and notice.incarnation != self.incarnation
+                and not (self.version == 0 and notice.version == 1)
+            ):
+                continue
+            caught_up = True
+            self._apply(notice)
         if self.snapshot is not None:
             self.synced.set()
 
