@@ -33,7 +33,7 @@ end
 local all = redis.call("HGETALL", group)
 local reply = {0}
 for i = 1, #all, 2 do
-  if all[i] ~= META and all[i] ~= EPOCH then
+  if all[i] ~= META and all[i] ~= EPOCH and all[i] ~= VERSION then
     reply[#reply + 1] = all[i]
     reply[#reply + 1] = all[i + 1]
   end

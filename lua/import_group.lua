@@ -41,7 +41,7 @@ for i = 1, #held, 2 do
   local field, value = held[i], held[i + 1]
   if field == META then
     held_type = value
-  elseif field ~= EPOCH then
+  elseif field ~= EPOCH and field ~= VERSION then
     held_counters = held_counters + 1
     if wanted[field] ~= value then same = false end
   end

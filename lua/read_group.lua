@@ -17,7 +17,7 @@ local reply = {redis.call("HGET", group, META)}
 if ARGV[1] ~= "all" then return reply end
 local all = redis.call("HGETALL", group)
 for i = 1, #all, 2 do
-  if all[i] ~= META and all[i] ~= EPOCH then
+  if all[i] ~= META and all[i] ~= EPOCH and all[i] ~= VERSION then
     reply[#reply + 1] = all[i]
     reply[#reply + 1] = all[i + 1]
   end

@@ -14,15 +14,22 @@ group's hash holds a random epoch (field 0xFE) from its first call with a key; a
 record is only replayed while the group still holds the epoch it names, so a record
 neither outlives destroy_group nor replays into a re-created group of the same ID.
 
+Why the notice is here: the change, the group's new version (field 0xFD) and the
+notice to watchers are one step; a failed or replayed call changes nothing and
+announces nothing.
+
 KEYS[1]  the group's hash, {<sdkappid>:<escaped GroupId>}
 KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when ARGV[2] is "0")
 KEYS[3]  the idempotency record, <KEYS[1]>:idempotency:<Idempotency-Key> (else KEYS[1] again)
 ARGV[1]  "1" when the group must have been created (registered mode), "0" (implicit)
 ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here
 ARGV[3]  the request's fingerprint when it carries an Idempotency-Key, else ""
-ARGV[4]  a fresh random epoch, written when the group has none yet (with ARGV[3] only)
-ARGV[5]  "set" or "add"
-ARGV[6..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
+ARGV[4]  a fresh random token: the group's epoch when it has none yet (with ARGV[3] only),
+         and its incarnation when this is its first change
+ARGV[5]  how to announce the change: "PUBLISH", "SPUBLISH" (a Cluster) or "" (live counters off)
+ARGV[6]  the group's channel, <KEYS[1]>:changes
+ARGV[7]  "set" or "add"
+ARGV[8..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
          Value is the signed amount to add as a decimal string; a Decrease arrives
          negated, so it may be 9223372036854775808, one past int64.
 
@@ -44,16 +51,17 @@ local MAX_HI, MAX_LO, MIN_LO = 9223372036, 854775807, 854775808
 if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
 
 local keys, amounts = {}, {}
-for i = 6, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   keys[#keys + 1] = ARGV[i]
   amounts[#amounts + 1] = ARGV[i + 1]
 end
 
--- One read for the group's metadata, its epoch and every Key's old value.
+-- One read for the group's metadata, its epoch, its version and every Key's old value.
 local group = KEYS[1]
-local old = redis.call("HMGET", group, META, EPOCH, unpack(keys))
+local old = redis.call("HMGET", group, META, EPOCH, VERSION, unpack(keys))
 local meta = table.remove(old, 1)
 local epoch = table.remove(old, 1)
+local version_held = table.remove(old, 1)
 
 if ARGV[3] ~= "" then
   local outcome = replay_record(KEYS[3], epoch, ARGV[3])
@@ -101,7 +109,7 @@ end
 local new, added = {}, 0
 for i = 1, #keys do
   if not old[i] then added = added + 1 end
-  if ARGV[5] == "set" then
+  if ARGV[7] == "set" then
     new[i] = amounts[i]
   else
     new[i] = add(old[i] or "0", amounts[i])
@@ -110,14 +118,18 @@ for i = 1, #keys do
 end
 
 if added > 0 then -- only a new Key can break the limit
-  local held = redis.call("HLEN", group) - (meta and 1 or 0) - (epoch and 1 or 0) + added
+  local held = redis.call("HLEN", group) - (meta and 1 or 0) - (epoch and 1 or 0)
+    - (version_held and 1 or 0) + added
   if held > MAX_KEYS then return {10063, held} end
 end
 
-local fields = {}
+local version_field, version, incarnation = next_version(version_held, ARGV[4])
+local fields, changed = {VERSION, version_field}, {}
 for i = 1, #keys do
   fields[#fields + 1] = keys[i]
   fields[#fields + 1] = new[i]
+  changed[#changed + 1] = keys[i]
+  changed[#changed + 1] = new[i]
 end
 if ARGV[3] ~= "" and not epoch then
   epoch = ARGV[4]
@@ -129,4 +141,5 @@ if ARGV[3] ~= "" then
   -- Written with the update, in the group's slot: a failover loses both or neither.
   write_record(KEYS[3], epoch, ARGV[3], table.concat(new, ","))
 end
+announce(ARGV[5], ARGV[6], incarnation, version, "u", changed)
 return {0, unpack(new)}

@@ -27,11 +27,14 @@ from service.openapi import openapi_document
 from service.probes import Readiness, healthz
 from service.store import EMBEDDED_URL, Store, open_store
 from service.urls import redacted
+from service.watch import COMMAND as WATCH_COMMAND
+from service.watch import WatchEndpoint
 from service.wire import encode_error
 
 log = logging.getLogger("service")
 
 COMMAND_PREFIX: Final = "/v4/group_open_http_svc/"
+_WATCH_PATH: Final = COMMAND_PREFIX + WATCH_COMMAND
 
 
 async def unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,13 +65,17 @@ class CommandFirst:
     on every call (a tenth of a call's cost in our process, measured).
     """
 
-    def __init__(self, commands: CommandEndpoint, router: Router) -> None:
+    def __init__(self, commands: CommandEndpoint, watch: WatchEndpoint, router: Router) -> None:
         self.commands = commands
+        self.watch = watch
         self.router = router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(COMMAND_PREFIX):
-            await self.commands(scope, receive, send)
+            if scope["path"] == _WATCH_PATH:
+                await self.watch(scope, receive, send)
+            else:
+                await self.commands(scope, receive, send)
         else:
             await self.router(scope, receive, send)
 
@@ -84,7 +91,10 @@ def create_app(
     store = store or open_store(
         settings.redis_url, timeout=config.redis_timeout, max_pending=config.redis_max_pending
     )
+    store.live = config.live_counters
     readiness = Readiness(store)
+    commands = CommandEndpoint(settings, store, COMMAND_PREFIX)
+    watch = WatchEndpoint(settings, store, commands.access, commands.request_ids)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Router) -> AsyncIterator[None]:
@@ -95,7 +105,7 @@ def create_app(
             )
         # Serve at once and report Redis's state, rather than block start-up: a pod
         # that answers and says why it is not ready is easier to operate than a crash loop.
-        mark_draining_on_signals()
+        mark_draining_on_signals(on_drain=watch.feeds.end_all)
         tune_gc_for_serving()
         waiter = asyncio.create_task(store.wait_until_reachable(redacted(settings.redis_url)))
         flusher = asyncio.create_task(flush_every_second())
@@ -107,6 +117,7 @@ def create_app(
                 metrics_server.close()
             waiter.cancel()
             flusher.cancel()
+            await watch.close()
             await store.close()
 
     # A bare Router rather than Starlette(): the app's error and exception middlewares
@@ -125,4 +136,4 @@ def create_app(
         redirect_slashes=False,  # a 307 is not an answer the wire contract knows
         lifespan=lifespan,
     )
-    return CommandFirst(CommandEndpoint(settings, store, COMMAND_PREFIX), router)
+    return CommandFirst(commands, watch, router)

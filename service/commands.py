@@ -7,6 +7,7 @@ happened and the body is decoded (`Command.decode`); these see the app and the r
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 import string
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,9 +19,10 @@ from service import scripts
 from service.call import Call
 from service.config import App
 from service.errors import ErrorCode, ServiceError
-from service.keys import group_key, group_list_key, idempotency_key
+from service.keys import changes_channel, group_key, group_list_key, idempotency_key
 from service.listing import count_groups, list_page
 from service.scripts import ScriptArg, ScriptCall, ScriptReply
+from service.store import Store
 from service.validate import (
     COMMUNITY_PREFIX,
     GENERATED_PREFIX,
@@ -124,10 +126,12 @@ def _fingerprint(command: str, args: Sequence[ScriptArg]) -> str:
 
 def _idempotency(call: Call, command: str, group: str, args: Sequence[ScriptArg]) -> tuple[str, str, str]:
     """KEYS[3], ARGV[3] and ARGV[4] of a script that can record its outcome: the record,
-    the fingerprint and a fresh epoch for a group that has none yet; without an
-    Idempotency-Key, the group's key again and two empty strings."""
+    the fingerprint and a fresh token (the group's epoch if it has none yet, its
+    incarnation if this is its first change); without an Idempotency-Key, the group's
+    key again, an empty fingerprint and the token."""
     if call.idempotency_key is None:
-        return group, "", ""
+        # Only unique per group life, never secret: the cheap generator will do.
+        return group, "", f"{random.getrandbits(32):08x}"
     record = idempotency_key(group, call.idempotency_key)
     return record, _fingerprint(command, args), secrets.token_hex(8)
 
@@ -148,13 +152,22 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
         # which the script's limb arithmetic handles and a Redis HINCRBY could not.
         pairs += (key, -item.value if mode == "Decrease" else item.value)
     group = group_key(call.app.sdkappid, group_id)
-    record, fingerprint, epoch = _idempotency(call, "update_group_counter", group, [operation, *pairs])
+    record, fingerprint, token = _idempotency(call, "update_group_counter", group, [operation, *pairs])
     window, limit = call.limit.in_script(group)
     reply = await call.run(
         ScriptCall(
             scripts.UPDATE_COUNTERS,
             [group, window, record],
-            [call.registered, limit, fingerprint, epoch, operation, *pairs],
+            [
+                call.registered,
+                limit,
+                fingerprint,
+                token,
+                call.store.announce,
+                changes_channel(group),
+                operation,
+                *pairs,
+            ],
         )
     )
     _raise_for(reply, group_id)
@@ -194,13 +207,13 @@ async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes
     _check_implicit_community(call.app, group_id)
 
     group = group_key(call.app.sdkappid, group_id)
-    record, fingerprint, epoch = _idempotency(call, "delete_group_counter", group, keys)
+    record, fingerprint, token = _idempotency(call, "delete_group_counter", group, keys)
     window, limit = call.limit.in_script(group)
     reply = await call.run(
         ScriptCall(
             scripts.DELETE_COUNTERS,
             [group, window, record],
-            [call.registered, limit, fingerprint, epoch, *keys],
+            [call.registered, limit, fingerprint, token, call.store.announce, changes_channel(group), *keys],
         )
     )
     _raise_for(reply, group_id)
@@ -241,7 +254,13 @@ async def destroy_group(call: Call, request: DestroyGroup) -> bytes:
     group_id = check_group_id(request.group_id)
     group = group_key(call.app.sdkappid, group_id)
     window, limit = call.limit.in_script(group)
-    reply = await call.run(ScriptCall(scripts.DESTROY_GROUP, [group, window], [call.registered, limit]))
+    reply = await call.run(
+        ScriptCall(
+            scripts.DESTROY_GROUP,
+            [group, window],
+            [call.registered, limit, call.store.announce, changes_channel(group)],
+        )
+    )
     _raise_for(reply, group_id)
     return _OK
 
@@ -276,6 +295,29 @@ async def get_appid_group_list(call: Call, request: GetAppidGroupList) -> bytes:
             total_count=total, group_id_list=[GroupIdItem(group_id) for group_id in ids], next=next_value
         )
     )
+
+
+class GroupSnapshot(msgspec.Struct, frozen=True):
+    """Every counter of a group and the version they are the state after."""
+
+    incarnation: str  # "" before the group's first change
+    version: int
+    counters: dict[str, int]
+
+
+async def read_snapshot(store: Store, registered: str, group: str, group_id: str) -> GroupSnapshot:
+    """A watcher's snapshot (watch_group_counter): 10010 or 10007 as a read would answer.
+    Not counted against the app's rate limit: the watch call was, once, at its start."""
+    reply = await store.run(ScriptCall(scripts.SNAPSHOT_GROUP, [group, group], [registered, "0"]))
+    _raise_for(reply, group_id)
+    held: bytes = reply[1]
+    incarnation, version = "", 0
+    if held:
+        count, _, token = held.partition(b" ")
+        incarnation, version = token.decode(), int(count)
+    values = reply[2:]
+    counters = {key.decode(): int(value) for key, value in zip(values[0::2], values[1::2], strict=True)}
+    return GroupSnapshot(incarnation, version, counters)
 
 
 class Command(Generic[R]):

@@ -62,6 +62,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
     max_pipelined: Annotated[int, msgspec.Meta(ge=1)] = 32
+    # Watchers (watch_group_counter) and the notices every change publishes for them.
+    live_counters: bool = True
 
 
 class App(msgspec.Struct, frozen=True):

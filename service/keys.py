@@ -5,6 +5,7 @@
     {ratelimit:<sdkappid>}                                  an app's rate-limit window
     {enduser:<sdkappid>:<escaped identifier>}               an end user's 5 s window
     {grouplist:<sdkappid>}                                  get_appid_group_list's own window
+    {<sdkappid>:<escaped GroupId>}:changes                  a group's channel (pub/sub, not a key)
     {readyz}                                                the readiness probe's key
 
 The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
@@ -68,6 +69,13 @@ def end_user_window_key(sdkappid: int, identifier: str) -> str:
     if "%" in identifier or "{" in identifier or "}" in identifier:
         identifier = identifier.translate(_ESCAPES)
     return f"{{enduser:{sdkappid}:{identifier}}}"
+
+
+def changes_channel(group: str) -> str:
+    """The channel a group's changes are announced on (`group_key` then `:changes`): its
+    hash tag puts it in the group's slot, so on a Cluster the script that changes the
+    group may SPUBLISH to it, and its watchers subscribe on the node that owns the group."""
+    return f"{group}:changes"
 
 
 def rate_limit_key(sdkappid: int) -> str:

@@ -8,9 +8,11 @@ arrives on a kept-alive connection meanwhile. Works in every worker process.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -23,15 +25,19 @@ class Lifecycle:
 LIFECYCLE = Lifecycle()
 
 
-def mark_draining_on_signals() -> None:
-    """Call from the app's startup, after uvicorn installed its handlers."""
+def mark_draining_on_signals(on_drain: Callable[[], None] = lambda: None) -> None:
+    """Call from the app's startup, after uvicorn installed its handlers. `on_drain` runs
+    in the event loop at the signal: streams that never end by themselves (watchers)
+    end then, so the graceful shutdown does not wait its whole timeout on them."""
     if threading.current_thread() is not threading.main_thread():
         return  # signals are delivered to the main thread only (a test client runs us elsewhere)
+    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(signum)
 
         def handler(received: int, frame: FrameType | None, previous: object = previous) -> None:
             LIFECYCLE.draining = True
+            loop.call_soon_threadsafe(on_drain)
             if callable(previous):
                 previous(received, frame)
 

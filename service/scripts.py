@@ -63,6 +63,7 @@ RATE_LIMIT: Final = Script("rate_limit", keys=1)
 END_USER_LIMIT: Final = Script("end_user_limit", keys=1)
 READ_GROUP: Final = Script("read_group", keys=1)
 IMPORT_GROUP: Final = Script("import_group", keys=1)
+SNAPSHOT_GROUP: Final = Script("snapshot_group", keys=2)
 SCRIPTS: Final = (
     UPDATE_COUNTERS,
     GET_COUNTERS,
@@ -73,4 +74,5 @@ SCRIPTS: Final = (
     END_USER_LIMIT,
     READ_GROUP,
     IMPORT_GROUP,
+    SNAPSHOT_GROUP,
 )

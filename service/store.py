@@ -35,8 +35,15 @@ def open_store(url: str, *, timeout: float, max_pending: int = 10_000) -> Store:
 class Store:
     """Runs the scripts; every Redis fault becomes a 10002 `ServiceError`."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, live: bool = True) -> None:
         self.transport = transport
+        # `live_counters`: whether scripts announce their changes (docs/API.md §8).
+        self.live = live
+
+    @property
+    def announce(self) -> str:
+        """How the scripts announce a change: ARGV "PUBLISH", "SPUBLISH" or "" (off)."""
+        return self.transport.publish_command if self.live else ""
 
     @property
     def cross_slot_scripts(self) -> bool:

@@ -92,6 +92,34 @@ class GroupListReply(Reply):
     next: int = 0
 
 
+# watch_group_counter's events (the `data` of each SSE event; docs/API.md §8) ---------
+
+
+class SnapshotEvent(msgspec.Struct, rename="pascal"):
+    """Every counter of the group, ordered by Key, as of `version`."""
+
+    group_id: str
+    version: int
+    resync: bool
+    group_counter: list[GroupCounter]
+
+
+class ChangeEvent(msgspec.Struct, rename="pascal"):
+    """One applied change: the Keys it set (new values) and the Keys it deleted."""
+
+    group_id: str
+    version: int
+    group_counter: list[GroupCounter]
+    deleted_keys: list[str]
+
+
+class DestroyedEvent(msgspec.Struct, rename="pascal"):
+    """The group was destroyed: the stream's last event."""
+
+    group_id: str
+    version: int
+
+
 encoder: Final = msgspec.json.Encoder()
 
 

@@ -29,7 +29,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=150,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -41,3 +41,8 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert re.search(r"\*\*-?\d+\.\d bytes per group\*\*", text)
     assert "exactness: PASS" in text
     assert "## Latency against offered load" in text
+    # live counters: 50 watchers of one group got every version, and publication on/off ran
+    assert re.search(
+        r"^\| 50 \| \d+ \| -?[\d.]+ \| -?[\d.]+ \| -?[\d.]+ \| 0 \| 0 \| [\d.]+ KiB \|$", text, re.MULTILINE
+    )
+    assert re.search(r"ratio on / off: \*\*\d+\.\d\d\dx\*\*", text)

@@ -187,6 +187,10 @@ def _assert_passed(run: LoadtestRun) -> None:
     assert run.count("lost updates") == 0, run.explain()
     assert run.count("unexpected values") == 0, run.explain()
     assert run.summary["errors by ErrorCode"] == "none", run.explain()
+    # one watcher per group saw every version in order and ended at the group's final state
+    assert run.count("watcher disorder") == 0, run.explain()
+    assert run.count("watchers behind") == 0, run.explain()
+    assert run.summary["watchers"].startswith("16 ("), run.explain()
 
 
 def test_a_short_run_on_the_real_service_passes(service_url: str, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from service.scripts import (
     ScriptReply,
 )
 from service.store import Store
-from tests.support import END_USER_APP, IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer
+from tests.support import END_USER_APP, IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer, query
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -177,6 +177,9 @@ def test_every_command_calls_its_script_with_the_argv_count_the_header_documents
     api.call("get_group_counter", raw=b"not json", sdkappid=RATE_LIMITED_APP)
     # An end user's call is counted in their own window.
     api.call("get_group_counter", {"GroupId": "g"}, sdkappid=END_USER_APP, identifier="viewer")
+    # A watch of a group that does not exist reads it (snapshot_group) and is refused.
+    watch = api.client.get(f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=gone")
+    assert watch.json()["ErrorCode"] == 10010
 
     api.create("listed")
     api.call("get_appid_group_list", {"GroupType": "Public"})
@@ -209,6 +212,10 @@ def test_every_script_loads_on_the_real_redis_server(script: Script, redis_serve
 
 OVERFLOW: Final = None
 HASH: Final = "{1400000001:limbs}"
+VERSION: Final = b"\xfd"  # the group's "<version> <incarnation>" (lua/include/live.lua)
+# ARGV[1..6] of update_counters: implicit, no rate limit, no Idempotency-Key, the token
+# "token", and live counters off (no channel).
+NO_NOTICE: Final = ["0", "0", "", "token", "", ""]
 
 # (old value or None for a missing key, amount added, expected result or OVERFLOW)
 LIMB_CASES: Final[list[tuple[int | None, int, int | None]]] = [
@@ -269,7 +276,7 @@ def add_reply(client: redis.Redis, old: int | None, amount: int, key: str = "c")
     if old is not None:
         client.hset(HASH, key, str(old))
     script = client.register_script(UPDATE_COUNTERS.source)
-    return script(keys=[HASH, HASH, HASH], args=["0", "0", "", "", "add", key, str(amount)])
+    return script(keys=[HASH, HASH, HASH], args=["0", "0", "", "t", "", "", "add", key, str(amount)])
 
 
 def expected_reply(old: int | None, amount: int, key: str = "c") -> list[Any]:
@@ -321,9 +328,10 @@ def test_update_counters_overflow_in_one_key_changes_no_key(scripting: redis.Red
     scripting.delete(HASH)
     scripting.hset(HASH, mapping={"a": "1", "b": str(INT64_MAX)})
     script = scripting.register_script(UPDATE_COUNTERS.source)
-    reply = script(keys=[HASH, HASH, HASH], args=["0", "0", "", "", "add", "a", "1", "new", "5", "b", "1"])
+    reply = script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "a", "1", "new", "5", "b", "1"])
     assert reply == [10004, b"b"]
     assert scripting.hgetall(HASH) == {b"a": b"1", b"b": str(INT64_MAX).encode()}
+    assert scripting.hget(HASH, VERSION) is None, "a failed call raises no version"
 
 
 def test_update_counters_checks_overflow_before_key_count(scripting: redis.Redis) -> None:
@@ -331,11 +339,11 @@ def test_update_counters_checks_overflow_before_key_count(scripting: redis.Redis
     scripting.hset(HASH, mapping={f"k{i:02d}": str(INT64_MAX) for i in range(20)})
     script = scripting.register_script(UPDATE_COUNTERS.source)
     before = scripting.hgetall(HASH)
-    assert script(keys=[HASH, HASH, HASH], args=["0", "0", "", "", "add", "new", "1", "k00", "1"]) == [
+    assert script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "new", "1", "k00", "1"]) == [
         10004,
         b"k00",
     ]
-    assert script(keys=[HASH, HASH, HASH], args=["0", "0", "", "", "add", "new", "1", "k00", "-1"]) == [
+    assert script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "new", "1", "k00", "-1"]) == [
         10063,
         21,
     ]
@@ -346,11 +354,13 @@ def test_update_counters_set_stores_the_value_unchanged(scripting: redis.Redis) 
     scripting.delete(HASH)
     script = scripting.register_script(UPDATE_COUNTERS.source)
     values = [INT64_MIN, INT64_MAX, -(2**53) - 1, 2**53 + 1, 0, -1]
-    args: list[str] = ["0", "0", "", "", "set"]
+    args: list[str] = [*NO_NOTICE, "set"]
     for i, value in enumerate(values):
         args += [f"k{i}", str(value)]
     assert script(keys=[HASH, HASH, HASH], args=args) == [0, *(str(v).encode() for v in values)]
-    assert scripting.hgetall(HASH) == {f"k{i}".encode(): str(v).encode() for i, v in enumerate(values)}
+    stored = scripting.hgetall(HASH)
+    assert stored.pop(VERSION) == b"1 token"
+    assert stored == {f"k{i}".encode(): str(v).encode() for i, v in enumerate(values)}
 
 
 def _near(point: int, width: int = 3) -> st.SearchStrategy[int]:

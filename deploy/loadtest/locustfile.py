@@ -44,10 +44,20 @@ The master, when its test stops, asks every worker still connected to stop and
 verify, waits (`--verdict-timeout`) for every worker's counts, adds them up and
 decides. A worker that never answers fails the verdict.
 
+Watchers
+--------
+Beside the writers, `--watchers-per-group` SSE clients (default 1) watch each group
+(`watch_group_counter`) from the moment it exists, reconnecting with Last-Event-ID
+when a stream ends early. Each keeps the state its events describe and checks that
+every `change` carries the version after the one before (a `snapshot` flagged Resync
+may replace the state at any time). At the verification, once a group is read back,
+each of its watchers must reach exactly that final state within a few seconds.
+
 Verdict
 -------
 Passed when there are 0 lost updates, 0 unexpected values, every group could be read
-back, no worker is missing, and at least one key was checked. A failed verdict sets
+back, no worker is missing, at least one key was checked, and every watcher saw every
+version in order (or resynced) and ended equal to its group's final state. A failed verdict sets
 the process exit code to 1. Locust's own rule still applies too: any failed request
 (any ErrorCode other than 0, any transport error) makes the exit code 1.
 """
@@ -58,6 +68,7 @@ import base64
 import hashlib
 import hmac
 import html
+import http.client
 import itertools
 import json
 import logging
@@ -173,6 +184,13 @@ def _add_arguments(parser: Any) -> None:
         help="do not destroy the groups after the verdict",
     )
     group.add_argument(
+        "--watchers-per-group",
+        type=int,
+        env_var="LOADTEST_WATCHERS",
+        default=1,
+        help="SSE watchers (watch_group_counter) of each group; 0: none",
+    )
+    group.add_argument(
         "--verdict-timeout",
         type=float,
         env_var="LOADTEST_VERDICT_TIMEOUT",
@@ -205,6 +223,7 @@ class Settings:
     registered: bool
     run_id: str
     keep_groups: bool
+    watchers: int = 1
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -228,6 +247,7 @@ class Settings:
             registered=options.group_mode == "registered",
             run_id=run_id,
             keep_groups=options.keep_groups,
+            watchers=max(0, int(getattr(options, "watchers_per_group", 1))),
         )
 
 
@@ -283,6 +303,11 @@ class Tally:
     unexpected: int = 0
     unknown_outcomes: int = 0
     unreadable_groups: int = 0
+    watchers: int = 0
+    watcher_events: int = 0
+    watcher_resyncs: int = 0
+    watcher_disorder: int = 0
+    watchers_behind: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
     def to_message(self) -> dict[str, Any]:
@@ -304,6 +329,11 @@ _COUNTS: Final = (
     "unexpected",
     "unknown_outcomes",
     "unreadable_groups",
+    "watchers",
+    "watcher_events",
+    "watcher_resyncs",
+    "watcher_disorder",
+    "watchers_behind",
 )
 
 
@@ -399,12 +429,90 @@ class Call:
 
 
 @dataclass
+class Tape:
+    """What one watcher of a group saw: the state its events describe, and any break in order."""
+
+    group_id: str
+    state: dict[str, int] = field(default_factory=dict)
+    version: int = -1
+    last_id: str | None = None
+    events: int = 0
+    resyncs: int = 0
+    disorder: int = 0
+    refused: str = ""
+    stopped: bool = False
+
+    def play(self, event: str, ident: str, data: dict[str, Any]) -> None:
+        self.events += 1
+        if event == "snapshot":
+            if self.version >= 0:
+                self.resyncs += 1
+            self.state = {item["Key"]: item["Value"] for item in data["GroupCounter"]}
+        elif event == "change":
+            if data["Version"] != self.version + 1:
+                self.disorder += 1
+                logger.error(
+                    "watcher of %s: version %s after %s", self.group_id, data["Version"], self.version
+                )
+            for item in data["GroupCounter"]:
+                self.state[item["Key"]] = item["Value"]
+            for key in data["DeletedKeys"]:
+                self.state.pop(key, None)
+        elif event == "destroyed":
+            self.stopped = True
+        self.version = data["Version"]
+        self.last_id = ident
+
+
+def watch(host: str, signer: Signer, tape: Tape) -> None:
+    """One watcher's greenlet: read the group's events until stopped, reconnecting with
+    Last-Event-ID when the stream ends early (a cut-off slow reader, a restart)."""
+    target = urllib.parse.urlsplit(host)
+    path = signer.path("watch_group_counter") + "&" + urllib.parse.urlencode({"GroupId": tape.group_id})
+    while not tape.stopped:
+        kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+        connection = kind(target.netloc, timeout=60)
+        try:
+            headers = {"Accept": "text/event-stream"}
+            if tape.last_id is not None:
+                headers["Last-Event-ID"] = tape.last_id
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            if not (response.getheader("Content-Type") or "").startswith("text/event-stream"):
+                tape.refused = f"HTTP {response.status} {response.read(300)!r}"
+                logger.error("watcher of %s refused: %s", tape.group_id, tape.refused)
+                return
+            fields: dict[str, str] = {}
+            while not tape.stopped:
+                line = response.readline()
+                if not line:
+                    break
+                text = line.decode().rstrip("\n")
+                if text.startswith(":"):
+                    continue
+                if text:
+                    name, _, value = text.partition(": ")
+                    fields[name] = value
+                elif "data" in fields:
+                    tape.play(fields.get("event", ""), fields.get("id", ""), json.loads(fields["data"]))
+                    fields = {}
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if not tape.stopped:
+                logger.warning("watcher of %s: %s; reconnecting", tape.group_id, exc)
+                gevent.sleep(0.5)
+        finally:
+            connection.close()
+
+
+@dataclass
 class ProcessState:
     """Everything this process knows; module-level so the events can reach it."""
 
     settings: Settings | None = None
     signer: Signer | None = None
     models: list[GroupModel] = field(default_factory=list)
+    tapes: dict[str, list[Tape]] = field(default_factory=dict)
+    watchers: list[Any] = field(default_factory=list)
     in_flight: dict[int, Call] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     verified: bool = False
@@ -420,6 +528,8 @@ class ProcessState:
     def reset(self) -> None:
         """A new test: forget the last one's groups and counts (the user numbers go on)."""
         self.models = []
+        self.tapes = {}
+        self.watchers = []
         self.in_flight = {}
         self.tally = Tally()
         self.verified = False
@@ -478,6 +588,11 @@ class GroupCounterUser(FastHttpUser):
             model = GroupModel(group_id, {key: {None} for key in key_names})
             self.groups.append(model)
             STATE.models.append(model)
+            host = self.environment.host or self.host or ""
+            for _ in range(settings.watchers):
+                tape = Tape(group_id)
+                STATE.tapes.setdefault(group_id, []).append(tape)
+                STATE.watchers.append(gevent.spawn(watch, host, signer, tape))
         if not self.groups:
             logger.error("user %d owns no group (create_group failed): stopping it", number)
             raise StopUser  # locust logs this one with a traceback; the reason is the line above
@@ -638,6 +753,7 @@ def verify_process(environment: Environment) -> Tally:
         for key in actual.keys() - group.keys.keys():
             tally.unexpected += 1
             logger.error("final read: unexpected key %s %s = %s", group.group_id, key, actual[key])
+        check_watchers(group, actual, tally)
         for key, possible in group.keys.items():
             if possible is None:
                 tally.unverifiable_keys += 1
@@ -661,7 +777,32 @@ def verify_process(environment: Environment) -> Tally:
     pool = gevent.pool.Pool(16)
     for _ in pool.imap_unordered(verify, STATE.models):
         pass
+    gevent.killall(STATE.watchers, block=False)
     return tally
+
+
+def check_watchers(group: GroupModel, actual: dict[str, int], tally: Tally, seconds: float = 5.0) -> None:
+    """Every watcher of the group saw every version in order (or resynced) and reaches
+    the group's final state; then it stops (before the group is destroyed)."""
+    tapes = STATE.tapes.get(group.group_id, [])
+    deadline = time.monotonic() + seconds
+    for tape in tapes:
+        while tape.state != actual and not tape.refused and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        tape.stopped = True
+        tally.watchers += 1
+        tally.watcher_events += tape.events
+        tally.watcher_resyncs += tape.resyncs
+        tally.watcher_disorder += tape.disorder
+        if tape.state != actual:
+            tally.watchers_behind += 1
+            logger.error(
+                "watcher of %s ended at %s (version %s), the group holds %s",
+                group.group_id,
+                tape.state,
+                tape.version,
+                actual,
+            )
 
 
 # ---------------------------------------------------------------------------- events
@@ -809,6 +950,10 @@ def verdict(tally: Tally, missing_workers: int) -> tuple[bool, list[str]]:
         reasons.append(f"{tally.unreadable_groups} group(s) could not be read back")
     if missing_workers:
         reasons.append(f"{missing_workers} worker(s) sent no verdict")
+    if tally.watcher_disorder:
+        reasons.append(f"{tally.watcher_disorder} version(s) out of order at watchers")
+    if tally.watchers_behind:
+        reasons.append(f"{tally.watchers_behind} watcher(s) not at the final state")
     if STATE.fatal:
         reasons.insert(0, STATE.fatal)
     elif not tally.checked_keys:
@@ -841,6 +986,10 @@ def summary(environment: Environment) -> str:
         f"{tally.unverifiable_keys} unverifiable after unknown outcomes)",
         f"unknown outcomes:    {tally.unknown_outcomes} (10002 / transport errors / stopped mid-call)",
         f"errors by ErrorCode: {errors}",
+        f"watchers:            {tally.watchers} ({tally.watcher_events} events, "
+        f"{tally.watcher_resyncs} resyncs)",
+        f"watcher disorder:    {tally.watcher_disorder}",
+        f"watchers behind:     {tally.watchers_behind}",
         f"lost updates:        {tally.lost}",
         f"unexpected values:   {tally.unexpected}",
         "verdict:             " + ("PASSED" if passed else "FAILED: " + "; ".join(reasons)),

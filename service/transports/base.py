@@ -18,6 +18,7 @@ from redis.exceptions import MasterDownError, NoScriptError, ReadOnlyError, Redi
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptCall, ScriptReply
+from service.transports.subscriber import Subscriber
 
 
 class Transport(Protocol):
@@ -26,6 +27,13 @@ class Transport(Protocol):
     # Whether one script may touch keys of different hash slots: true on one Redis
     # (and Sentinel's master), false on a Cluster.
     cross_slot_scripts: bool
+    # How a script announces a change on its group's channel: PUBLISH, or SPUBLISH on a
+    # Cluster (the channel in the group's slot, so the notice stays on the group's node).
+    publish_command: str
+
+    def subscriber(self) -> Subscriber:
+        """The process's subscriber for live counters, made at the first watcher."""
+        ...
 
     async def run_script(self, call: ScriptCall) -> ScriptReply: ...
 

@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptArg, ScriptCall, ScriptReply
 from service.transports.base import Gate, is_connection_fault, no_retry, run_with_reload, scan_reply
+from service.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.urls import RedisUrl
 
 log = logging.getLogger("service.transports.cluster")
@@ -57,6 +58,9 @@ class ClusterTransport:
 
     # The group's hash and the app's rate-limit window hash to different slots.
     cross_slot_scripts = False
+    # Sharded: a notice goes only to the node of the group's slot (and its replicas),
+    # not over the cluster bus to every node as a PUBLISH would.
+    publish_command = "SPUBLISH"
 
     _REDIRECTS: Final = 16
 
@@ -85,6 +89,7 @@ class ClusterTransport:
         self._timeout = timeout
         self._stale = True
         self._refreshing = asyncio.Lock()
+        self._url = url
 
     async def _slot_map(self) -> Any:
         """The nodes manager, its slot map refreshed first when a call failed since."""
@@ -158,6 +163,19 @@ class ClusterTransport:
             if isinstance(result, Exception):
                 raise result
         return call.result
+
+    def subscriber(self) -> Subscriber:
+        async def locate(channel: str) -> Address:
+            nodes = await self._slot_map()
+            node: ClusterNode | None = nodes.get_node_from_slot(self.client.keyslot(channel))
+            if node is None:
+                raise ClusterError(f"no node serves the slot of channel {channel!r}")
+            return node.host, int(node.port)
+
+        def stale() -> None:
+            self._stale = True
+
+        return SocketSubscriber(self._url, locate=locate, sharded=True, timeout=self._timeout, on_fault=stale)
 
     async def _primaries(self) -> list[ClusterNode]:
         await self._slot_map()

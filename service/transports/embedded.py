@@ -7,16 +7,21 @@ import redis.asyncio as aioredis
 
 from service.scripts import ScriptCall, ScriptReply
 from service.transports.base import config_value, run_with_reload, scan_reply
+from service.transports.subscriber import RedisPySubscriber, Subscriber
 
 
 class RedisPyTransport:
     cross_slot_scripts = True
+    publish_command = "PUBLISH"
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
 
     async def run_script(self, call: ScriptCall) -> ScriptReply:
         return await run_with_reload(self.client.execute_command, call)
+
+    def subscriber(self) -> Subscriber:
+        return RedisPySubscriber(self.client)
 
     async def ping(self) -> None:
         await self.client.ping()

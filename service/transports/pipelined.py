@@ -8,11 +8,13 @@ from typing import Any
 from service.scripts import ScriptCall, ScriptReply
 from service.transports.base import run_with_reload, scan_reply
 from service.transports.connection import PipelinedConnection
+from service.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.urls import RedisUrl
 
 
 class PipelinedTransport:
     cross_slot_scripts = True
+    publish_command = "PUBLISH"
 
     def __init__(
         self,
@@ -29,6 +31,15 @@ class PipelinedTransport:
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path: the coroutine itself, not one more of our own around it.
         return run_with_reload(self.connection.execute, call)
+
+    def subscriber(self) -> Subscriber:
+        url = self.connection.url
+        address: Address = url.hosts[0] if url.hosts else ("unix", 0)
+
+        async def locate(_: str) -> Address:
+            return address
+
+        return SocketSubscriber(url, locate=locate, sharded=False, timeout=self.connection.timeout)
 
     async def ping(self) -> None:
         await self.connection.execute("PING")

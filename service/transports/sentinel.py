@@ -30,6 +30,7 @@ from service.transports.base import (
     run_with_reload,
     scan_reply,
 )
+from service.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.urls import RedisUrl
 
 log = logging.getLogger("service.transports.sentinel")
@@ -42,6 +43,7 @@ _WATCH_SECONDS: Final = 0.5
 
 class SentinelTransport:
     cross_slot_scripts = True  # one master holds every key
+    publish_command = "PUBLISH"
 
     def __init__(self, url: RedisUrl, *, timeout: float, max_pending: int) -> None:
         socket_kwargs: dict[str, Any] = {
@@ -67,6 +69,8 @@ class SentinelTransport:
         self._watcher: asyncio.Task[None] | None = None
         self._ask_now = asyncio.Event()
         self._drop_idle = False
+        self._url = url
+        self._subscriber: SocketSubscriber | None = None
 
     def _watch_master(self) -> None:
         if self._watcher is None:
@@ -92,6 +96,10 @@ class SentinelTransport:
                         known,
                     )
                     await self.client.connection_pool.disconnect(inuse_connections=True)
+                    if self._subscriber is not None:
+                        # A demoted master keeps its subscribers and, as a replica, even
+                        # relays notices; watchers resync from the new master anyway.
+                        self._subscriber.lose_all()
                 known = address
             if self._drop_idle:
                 self._drop_idle = False
@@ -122,6 +130,18 @@ class SentinelTransport:
         except RedisError as exc:
             await self._faulted(exc)
             raise
+
+    def subscriber(self) -> Subscriber:
+        self._watch_master()
+
+        async def locate(_: str) -> Address:
+            host, port = await self.sentinel.discover_master(self.master_name)
+            return str(host), int(port)
+
+        self._subscriber = SocketSubscriber(
+            self._url, locate=locate, sharded=False, timeout=self._timeout, on_fault=self._ask_now.set
+        )
+        return self._subscriber
 
     async def ping(self) -> None:
         self._watch_master()

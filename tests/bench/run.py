@@ -917,6 +917,9 @@ def render(data: dict[str, Any], chart_link: str | None) -> str:
         ]
     else:
         out += ["Not run: `make bench-soak` (300 s).", ""]
+    from tests.bench.live import render as render_live  # it builds on this module
+
+    out += render_live(data.get("live") or {})
     out += [DATA_MARK + json.dumps(data, sort_keys=True) + " -->", ""]
     return "\n".join(out)
 
@@ -988,6 +991,7 @@ class Options:
     workers_check: bool
     out: Path
     chart: Path
+    live_watchers: tuple[int, ...] = ()
 
 
 def start_redis(cpus: Cpus) -> RedisServer:
@@ -1063,6 +1067,22 @@ def measure(options: Options, command: str) -> dict[str, Any]:
             if not options.soak_only:
                 throughput_phase(options, data, service, ceiling, usersig, cpus, ledger)
                 openloop_phase(options, data, service, ceiling, usersig, cpus, ledger)
+                if options.live_watchers:
+                    from tests.bench.live import live_phase  # it builds on this module
+
+                    data["live"] = live_phase(
+                        redis_server.url,
+                        workdir,
+                        usersig,
+                        cpus,
+                        ledger,
+                        watcher_counts=options.live_watchers,
+                        rate=20.0 if options.smoke else 100.0,
+                        seconds=1.0 if options.smoke else 10.0,
+                        rounds=options.rounds,
+                        duration=options.duration,
+                        groups=options.groups,
+                    )
             if options.soak:
                 print(f"soak: {options.soak} s of wrk on the service", flush=True)
                 data["soak"] = soak(service, options.soak, usersig, options.groups, cpus.load, ledger)
@@ -1208,6 +1228,11 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--soak-only", action="store_true", help="only the soak; update its section of --out")
     parser.add_argument("--workers-check", action="store_true", help="also one worker against two")
     parser.add_argument(
+        "--live-watchers",
+        default="1000,10000",
+        help="watcher counts for the live-counter delivery runs, comma-separated; 0: skip live counters",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="the report (BENCHMARKS.md; a temp file with --smoke)"
     )
     parser.add_argument(
@@ -1227,7 +1252,11 @@ def parse_args(argv: list[str] | None) -> Options:
     load_duration = args.load_duration if args.load_duration is not None else (1.0 if args.smoke else 10.0)
     if min(args.duration, args.rounds, args.groups) < 1:
         parser.error("--duration, --rounds and --groups must be at least 1")
+    live_watchers = tuple(int(n) for n in args.live_watchers.split(",") if int(n) > 0)
+    if args.smoke:
+        live_watchers = (50,) if live_watchers else ()
     return Options(
+        live_watchers=live_watchers,
         duration=args.duration,
         rounds=args.rounds,
         groups=args.groups,
@@ -1265,6 +1294,8 @@ def main(argv: list[str] | None = None) -> int:
         data = previous
     elif "soak" not in data and previous is not None and "soak" in previous:
         data["soak"] = previous["soak"]  # an earlier `make bench-soak`: kept, with its own date
+    if "live" not in data and previous is not None and "live" in previous:
+        data["live"] = previous["live"]
     chart_link = None
     if data.get("load") and not options.soak_only:
         note = draw_chart([LoadPoint(**p) for p in data["load"]], options.chart)

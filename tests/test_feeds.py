@@ -1,0 +1,159 @@
+"""service/feeds.py on its own: the sequencing of notices, without Redis or HTTP.
+
+A scripted store answers the snapshots and a scripted subscriber delivers the
+notices, so each rule of the feed is checked on exactly the order of events it is about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from service.feeds import Feeds, Watcher
+from service.scripts import ScriptCall
+from service.store import Store
+from service.transports.subscriber import Listener
+
+CHANNEL = "{1:g}:changes"
+
+
+class ScriptedSubscriber:
+    def __init__(self) -> None:
+        self.listener: Listener | None = None
+        self.subscribed: list[str] = []
+        self.unsubscribed: list[str] = []
+
+    def start(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def subscribe(self, channel: str) -> None:
+        self.subscribed.append(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.unsubscribed.append(channel)
+
+    def lose_all(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class ScriptedStore:
+    """Answers snapshot_group with `snapshot` ("<version> <incarnation>" and counters)."""
+
+    def __init__(self) -> None:
+        self.snapshot: tuple[bytes, dict[str, int]] = (b"", {})
+        self.reads = 0
+        self.before_reply: list[Any] = []  # notices the subscriber delivers while a read is in flight
+        self.transport = self
+        self.subscriber_made = ScriptedSubscriber()
+
+    def subscriber(self) -> ScriptedSubscriber:
+        return self.subscriber_made
+
+    async def run(self, call: ScriptCall) -> list[Any]:
+        self.reads += 1
+        await asyncio.sleep(0)
+        for deliver in self.before_reply:
+            deliver()
+        self.before_reply = []
+        held, counters = self.snapshot
+        reply: list[Any] = [0, held]
+        for key, value in counters.items():
+            reply += [key.encode(), str(value).encode()]
+        return reply
+
+
+def notice(incarnation: str, version: int, kind: str, *items: str) -> bytes:
+    return "\xff".join([incarnation, str(version), kind, *items]).encode("latin-1")
+
+
+def frames(watcher: Watcher) -> bytes:
+    return b"".join(watcher.frames)
+
+
+async def _joined(store: ScriptedStore, feeds: Feeds, last_event_id: str | None = None) -> Watcher:
+    join = asyncio.ensure_future(feeds.join(CHANNEL, "{1:g}", "g", "1", last_event_id))
+    await asyncio.sleep(0)
+    listener = store.subscriber_made.listener
+    assert listener is not None
+    listener.on_ready(CHANNEL)
+    return await join
+
+
+def test_notices_of_an_earlier_life_that_waited_for_a_snapshot_are_dropped_not_resynced_forever() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        store.snapshot = (b"2 bbbb", {"a": 2})
+
+        # While the snapshot is read: the destroy of life "aaaa", then life "bbbb" v3.
+        def deliver(payload: bytes) -> Any:
+            return lambda: feeds.on_message(CHANNEL, payload)
+
+        store.before_reply = [deliver(notice("aaaa", 5, "x")), deliver(notice("bbbb", 3, "u", "a", "3"))]
+        watcher = await _joined(store, feeds)
+        await asyncio.sleep(0.01)
+        assert store.reads == 1, "one snapshot, no resync loop"
+        # The new watcher starts from the state after v3: snapshot v2 plus the notice of v3.
+        assert b'"Version":3,"Resync":false,"GroupCounter":[{"Key":"a","Value":3}]' in frames(watcher)
+        assert feeds.feeds[CHANNEL].event_id == "bbbb-3"
+
+    asyncio.run(scenario())
+
+
+def test_a_skipped_version_makes_one_resync_snapshot_for_every_watcher() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        store.snapshot = (b"1 cccc", {"a": 1})
+        first = await _joined(store, feeds)
+        second = await feeds.join(CHANNEL, "{1:g}", "g", "1", None)
+        first.frames.clear()
+        second.frames.clear()
+        store.snapshot = (b"3 cccc", {"a": 3})
+        feeds.on_message(CHANNEL, notice("cccc", 3, "u", "a", "3"))  # 2 never came
+        await asyncio.sleep(0.01)
+        assert store.reads == 2, "one snapshot for the feed, not one per watcher"
+        for watcher in (first, second):
+            (frame,) = watcher.frames
+            assert b"event: snapshot" in frame
+            assert b'"Version":3,"Resync":true' in frame
+        feed = feeds.feeds[CHANNEL]
+        assert feed.event_id == "cccc-3"
+        assert feed.counters == {"a": 3}
+
+    asyncio.run(scenario())
+
+
+def test_a_watcher_with_the_current_last_event_id_gets_no_snapshot() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        store.snapshot = (b"4 dddd", {"a": 4})
+        await _joined(store, feeds)
+        current = await feeds.join(CHANNEL, "{1:g}", "g", "1", "dddd-4")
+        stale = await feeds.join(CHANNEL, "{1:g}", "g", "1", "eeee-4")
+        assert current.frames == []
+        assert b'"Resync":true' in frames(stale)
+
+    asyncio.run(scenario())
+
+
+def test_the_last_watcher_leaving_drops_the_subscription() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        watchers = [await _joined(store, feeds)] + [
+            await feeds.join(CHANNEL, "{1:g}", "g", "1", None) for _ in range(2)
+        ]
+        assert store.subscriber_made.subscribed == [CHANNEL]
+        for watcher in watchers[:2]:
+            feeds.leave(CHANNEL, watcher)
+        assert store.subscriber_made.unsubscribed == []
+        feeds.leave(CHANNEL, watchers[2])
+        assert store.subscriber_made.unsubscribed == [CHANNEL]
+        assert CHANNEL not in feeds.feeds
+
+    asyncio.run(scenario())

@@ -1,0 +1,561 @@
+"""Live counters (docs/API.md §8, watch_group_counter): each rule of the change stream.
+
+The streams run on a real uvicorn (tests/live_support.py) against a real redis-server,
+the embedded store and a real three-master Cluster, like the contract tests.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import fakeredis
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from service import feeds as feeds_module
+from service.app import CommandFirst, create_app
+from service.config import Settings, parse_config
+from service.feeds import Feeds
+from service.keys import changes_channel
+from service.keys import group_key as group_key_text
+from service.scripts import UPDATE_COUNTERS
+from service.store import Store, open_store
+from service.transports.embedded import RedisPyTransport
+from tests.live_support import Served, Tape, serving
+from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, RedisServer, query, usersig_for
+from tests.topologies import Cluster, wait_for
+
+
+@pytest.fixture(params=["redis", "memory", "cluster"])
+def live(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tuple[Served, redis.Redis]]:
+    """The service streaming on each backend, with a client that reads the store directly."""
+    inspector: redis.Redis
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        inspector = redis.Redis.from_url(server.url)
+        inspector.flushall()
+        store = open_store(server.url, timeout=2.0)
+    elif request.param == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        cluster_client = cluster.inspector()
+        cluster_client.flushall(target_nodes=cluster_client.PRIMARIES)
+        inspector = cast(redis.Redis, cluster_client)
+        store = open_store(cluster.url, timeout=2.0)
+    else:
+        fake_server = fakeredis.FakeServer()
+        inspector = fakeredis.FakeRedis(server=fake_server)
+        store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server)))
+    with serving(settings, store) as served:
+        yield served, inspector
+    inspector.close()
+
+
+def feeds_of(served: Served) -> Feeds:
+    app = served.server.config.app
+    assert isinstance(app, CommandFirst)
+    return app.watch.feeds
+
+
+def test_a_watcher_gets_a_snapshot_then_each_change_with_its_version(
+    live: tuple[Served, redis.Redis],
+) -> None:
+    served, _ = live
+    served.create("g")
+    served.update("g", {"b": 2, "a": 1})
+    watch = served.watch("g")
+    assert watch.reply is None, watch.reply
+    snapshot = watch.events(1)[0]
+    assert snapshot.event == "snapshot"
+    assert snapshot.data == {
+        "GroupId": "g",
+        "Version": 1,
+        "Resync": False,
+        "GroupCounter": [{"Key": "a", "Value": 1}, {"Key": "b", "Value": 2}],
+    }
+    incarnation = snapshot.id.rsplit("-", 1)[0]
+    assert snapshot.id == f"{incarnation}-1"
+
+    served.update("g", {"a": 2**63 - 2, "c": -(2**63)}, "Increase")
+    served.post("delete_group_counter", {"GroupId": "g", "GroupCounterKeys": ["b", "absent"]})
+    served.post("delete_group_counter", {"GroupId": "g", "GroupCounterKeys": ["absent"]})  # changes nothing
+    served.update("g", {"d": 4})
+    change, deletion, last = watch.events(3)
+    assert (change.event, change.id) == ("change", f"{incarnation}-2")
+    assert change.data == {
+        "GroupId": "g",
+        "Version": 2,
+        "GroupCounter": [{"Key": "a", "Value": 2**63 - 1}, {"Key": "c", "Value": -(2**63)}],
+        "DeletedKeys": [],
+    }
+    assert deletion.data == {"GroupId": "g", "Version": 3, "GroupCounter": [], "DeletedKeys": ["b"]}
+    assert last.data["Version"] == 4
+    watch.close()
+
+
+def test_the_version_is_hidden_from_get_and_does_not_count_toward_20_keys(
+    live: tuple[Served, redis.Redis],
+) -> None:
+    served, inspector = live
+    served.create("g")
+    served.update("g", {f"k{n:02d}": n for n in range(20)})
+    assert served.update("g", {"k00": 1}, "Increase")["ErrorCode"] == 0
+    assert served.update("g", {"one-too-many": 1})["ErrorCode"] == 10063
+    assert len(served.counters("g")) == 20
+    held: bytes | None = inspector.hget(group_key_text(REGISTERED_APP, "g"), b"\xfd")  # type: ignore[assignment]
+    assert held is not None
+    assert held.startswith(b"2 ")
+
+
+def test_concurrent_writers_every_watcher_sees_every_version_once_in_order(
+    live: tuple[Served, redis.Redis],
+) -> None:
+    served, _ = live
+    served.create("busy")
+    watches = [served.watch("busy") for _ in range(3)]
+    tapes = [Tape() for _ in watches]
+    for watch, tape in zip(watches, tapes, strict=True):
+        tape.play(watch.events(1)[0])
+
+    def write(writer: int) -> int:
+        applied = 0
+        for n in range(25):
+            reply = served.update("busy", {"a": 1, f"w{writer}": n}, "Increase")
+            applied += reply["ErrorCode"] == 0
+        return applied
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        applied = sum(pool.map(write, range(4)))
+    assert applied == 100
+    final = served.counters("busy")
+    for watch, tape in zip(watches, tapes, strict=True):
+        while tape.version < 100:
+            event = watch.next()
+            assert event is not None
+            tape.play(event)
+        assert tape.versions == list(range(101)), "every version once, in order"
+        assert tape.resyncs == 0
+        assert tape.state == final
+        watch.close()
+
+
+def test_destroy_ends_the_stream_with_a_final_event(live: tuple[Served, redis.Redis]) -> None:
+    served, _ = live
+    served.create("doomed")
+    served.update("doomed", {"a": 1})
+    watch = served.watch("doomed")
+    snapshot = watch.events(1)[0]
+    assert served.post("destroy_group", {"GroupId": "doomed"})["ErrorCode"] == 0
+    final = watch.next()
+    assert final is not None
+    assert final.event == "destroyed"
+    assert final.data == {"GroupId": "doomed", "Version": 2}
+    assert final.id == snapshot.id[:-1] + "2"
+    assert watch.next() is None, "the stream ends after the destroy"
+    # and a new watch of the destroyed group is refused as a read would be
+    assert served.watch("doomed").reply == {
+        "ActionStatus": "FAIL",
+        "ErrorCode": 10010,
+        "ErrorInfo": "group 'doomed' does not exist",
+    }
+
+
+def test_last_event_id_that_is_current_continues_without_a_snapshot(live: tuple[Served, redis.Redis]) -> None:
+    served, _ = live
+    served.create("g")
+    served.update("g", {"a": 1})
+    first = served.watch("g")
+    seen = first.events(1)[0]
+    first.close()
+    again = served.watch("g", last_event_id=seen.id)
+    served.update("g", {"a": 2})
+    event = again.next()
+    assert event is not None
+    assert (event.event, event.data["Version"]) == ("change", 2), "no snapshot: nothing was missed"
+
+
+def test_last_event_id_of_a_group_that_moved_on_gets_a_resync_snapshot(
+    live: tuple[Served, redis.Redis],
+) -> None:
+    served, _ = live
+    served.create("g")
+    served.update("g", {"a": 1})
+    first = served.watch("g")
+    seen = first.events(1)[0]
+    first.close()
+    served.update("g", {"a": 5, "b": 6})
+    again = served.watch("g", last_event_id=seen.id)
+    event = again.events(1)[0]
+    assert event.event == "snapshot"
+    assert event.data["Resync"] is True
+    assert event.data["Version"] == 2
+    assert event.data["GroupCounter"] == [{"Key": "a", "Value": 5}, {"Key": "b", "Value": 6}]
+
+
+def test_last_event_id_of_a_destroyed_and_recreated_group_never_continues(
+    live: tuple[Served, redis.Redis],
+) -> None:
+    served, _ = live
+    served.create("reborn")
+    served.update("reborn", {"a": 1})
+    first = served.watch("reborn")
+    seen = first.events(1)[0]
+    first.close()
+    served.post("destroy_group", {"GroupId": "reborn"})
+    served.create("reborn")
+    served.update("reborn", {"b": 9})  # version 1 again, of another life
+    again = served.watch("reborn", last_event_id=seen.id)
+    event = again.events(1)[0]
+    assert event.event == "snapshot"
+    assert event.data["Resync"] is True
+    assert event.data["GroupCounter"] == [{"Key": "b", "Value": 9}]
+    assert event.id != seen.id
+
+
+def _update_without_notice(inspector: redis.Redis, group_id: str, key: str, value: int) -> None:
+    """A change the watchers never hear of: the script with live counters off."""
+    group = group_key_text(REGISTERED_APP, group_id)
+    args = ["1", "0", "", "token", "", "", "set", key, str(value)]
+    inspector.eval(UPDATE_COUNTERS.source, 3, group, group, group, *args)
+
+
+def test_a_gap_in_versions_is_healed_by_a_resync_snapshot(live: tuple[Served, redis.Redis]) -> None:
+    served, inspector = live
+    served.create("gappy")
+    served.update("gappy", {"a": 1})
+    watch = served.watch("gappy")
+    tape = Tape()
+    tape.play(watch.events(1)[0])
+    _update_without_notice(inspector, "gappy", "b", 2)  # version 2, unannounced
+    served.update("gappy", {"c": 3})  # version 3: the watcher notices 2 is missing
+    event = watch.events(1)[0]
+    assert event.event == "snapshot"
+    assert event.data["Resync"] is True
+    tape.play(event)
+    assert tape.version == 3
+    assert tape.state == {"a": 1, "b": 2, "c": 3}
+    served.update("gappy", {"a": 4})
+    tape.play(watch.events(1)[0])
+    assert tape.state == served.counters("gappy")
+
+
+def test_the_groups_subscription_is_dropped_when_its_last_watcher_leaves(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    inspector = redis.Redis.from_url(redis_server.url)
+    inspector.flushall()
+    channel = changes_channel(group_key_text(REGISTERED_APP, "g"))
+    with serving(settings, open_store(redis_server.url, timeout=2.0)) as served:
+        served.create("g")
+        watches = [served.watch("g") for _ in range(5)]
+        for watch in watches:
+            watch.events(1)
+        feeds = feeds_of(served)
+
+        def numsub() -> int:
+            return int(inspector.pubsub_numsub(channel)[0][1])
+
+        assert numsub() == 1, "five watchers, one subscription"
+        assert len(feeds.feeds[channel].watchers) == 5
+        for watch in watches[:4]:
+            watch.close()
+        wait_for(lambda: len(feeds.feeds[channel].watchers) == 1, 5, "four watchers to leave")
+        assert numsub() == 1
+        watches[4].close()
+        wait_for(lambda: channel not in feeds.feeds and numsub() == 0, 5, "the subscription to go")
+    inspector.close()
+
+
+def test_a_slow_watcher_is_cut_off_with_its_buffer_bounded(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    inspector = redis.Redis.from_url(redis_server.url)
+    inspector.flushall()
+    with serving(settings, open_store(redis_server.url, timeout=2.0)) as served:
+        served.create("firehose")
+        feeds = feeds_of(served)
+        # A client that never reads, with small socket buffers: the service's queue fills.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.port))
+        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=firehose"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reader = served.watch("firehose")  # a watcher that reads: it stays
+        reader.events(1)
+        channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"))
+        wait_for(lambda: len(feeds.feeds[channel].watchers) == 2, 5, "both watchers")
+        big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
+        largest = 0
+        done = threading.Event()
+
+        def write(n: int) -> None:
+            if not done.is_set():
+                served.update("firehose", {key: value + n for key, value in big.items()})
+
+        def watch_sizes() -> None:
+            nonlocal largest
+            while not done.is_set():
+                watchers = list(feeds.feeds[channel].watchers)
+                largest = max([largest, *(watcher.size for watcher in watchers)])
+                if len(watchers) == 1:
+                    done.set()
+                time.sleep(0.001)
+
+        sizes = threading.Thread(target=watch_sizes)
+        sizes.start()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(write, range(4000)))
+        done.set()
+        sizes.join()
+        assert len(feeds.feeds[channel].watchers) == 1, "the slow watcher was cut off"
+        assert 0 < largest <= feeds.buffer_bytes, "its buffer never held more than the bound"
+        # The reader saw every change meanwhile, in order, without a resync.
+        tape = Tape(version=0)
+        final = served.counters("firehose")
+        while tape.state != final:
+            event = reader.next()
+            assert event is not None
+            tape.play(event)
+        assert tape.resyncs == 0
+        # The cut-off client finds its stream ended once it reads what was sent.
+        sock.settimeout(10)
+        while sock.recv(65536):
+            pass
+        sock.close()
+    inspector.close()
+
+
+def test_a_comment_heartbeat_keeps_an_idle_stream(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feeds_module, "HEARTBEAT_SECONDS", 0.2)
+    fake_server = fakeredis.FakeServer()
+    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server)))
+    with serving(settings, store) as served:
+        served.create("quiet")
+        watch = served.watch("quiet")
+        watch.events(1)
+        lines = [watch.response.readline() for _ in range(2)]
+        assert lines == [b": heartbeat\n", b"\n"]
+
+
+# ---- refusals: the usual envelope, in the usual order, and nothing changes ----
+
+
+def _watch_reply(
+    client: TestClient, params: str, method: str = "GET", sdkappid: int = REGISTERED_APP, **over: Any
+) -> dict[str, Any]:
+    url = f"/v4/group_open_http_svc/watch_group_counter?{query(sdkappid, **over)}{params}"
+    response = client.request(method, url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("params", "over", "code"),
+    [
+        ("&GroupId=nope", {}, 10010),
+        ("&GroupId=caf%C3%A9", {}, 10015),
+        ("", {}, 10004),
+        ("&GroupId=a&GroupId=b", {}, 60002),
+        ("&GroupId=g", {"identifier": "stranger", "usersig": None}, 70002),
+        ("&GroupId=g", {"random": "x"}, 60002),
+    ],
+    ids=["no-such-group", "malformed-group-id", "no-group-id", "group-id-twice", "no-usersig", "bad-random"],
+)
+def test_a_refused_watch_answers_its_documented_code(
+    settings: Settings, params: str, over: dict[str, Any], code: int
+) -> None:
+    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
+    with TestClient(create_app(settings, store)) as client:
+        assert _watch_reply(client, params, **over)["ErrorCode"] == code
+
+
+def test_a_watch_needs_an_admin_and_a_get(settings: Settings) -> None:
+    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
+    with TestClient(create_app(settings, store)) as client:
+        usersig = usersig_for(REGISTERED_APP, "stranger")
+        assert (
+            _watch_reply(client, "&GroupId=g", identifier="stranger", usersig=usersig)["ErrorCode"] == 60010
+        )
+        assert _watch_reply(client, "&GroupId=g", method="POST")["ErrorCode"] == 60009
+
+
+def test_a_community_group_has_nothing_to_watch(settings: Settings) -> None:
+    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
+    with TestClient(create_app(settings, store)) as client:
+        reply = _watch_reply(client, "&GroupId=%40TGS%23_community", sdkappid=IMPLICIT_APP)
+        assert reply["ErrorCode"] == 10007
+
+
+def test_with_live_counters_off_nothing_is_published_and_watch_is_unknown(redis_server: RedisServer) -> None:
+    settings = parse_config("live_counters = false\n" + CONFIG, environ={})
+    inspector = redis.Redis.from_url(redis_server.url)
+    inspector.flushall()
+    listener = inspector.pubsub()  # type: ignore[no-untyped-call]
+    listener.psubscribe("*")
+    listener.get_message(timeout=1)
+    with TestClient(create_app(settings, open_store(redis_server.url, timeout=2.0))) as client:
+        assert _watch_reply(client, "&GroupId=g")["ErrorCode"] == 60009
+        url = f"/v4/group_open_http_svc/update_group_counter?{query(IMPLICIT_APP)}"
+        body = b'{"GroupId": "g", "GroupCounter": [{"Key": "a", "Value": 1}]}'
+        assert client.post(url, content=body).json()["ErrorCode"] == 0
+    assert listener.get_message(timeout=0.5) is None, "no notice published"
+    listener.close()
+    inspector.close()
+
+
+# ---- faults: the service resubscribes by itself and every watcher resyncs ----
+
+
+def _resynced_after(
+    served: Served, watches: list[Any], tapes: list[Tape], group_id: str, seconds: float
+) -> None:
+    """Every watcher gets a resync snapshot, then the next change, and ends equal to the store."""
+    for watch, tape in zip(watches, tapes, strict=True):
+        deadline = time.monotonic() + seconds
+        while tape.resyncs == 0:
+            assert time.monotonic() < deadline, "no resync snapshot"
+            event = watch.next()
+            assert event is not None
+            tape.play(event)
+    deadline = time.monotonic() + seconds
+    while True:
+        reply = served.update(group_id, {"after": 1}, "Increase")
+        if reply["ErrorCode"] == 0:
+            break
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.1)
+    final = served.counters(group_id)
+    for watch, tape in zip(watches, tapes, strict=True):
+        while tape.state != final:
+            event = watch.next()
+            assert event is not None
+            tape.play(event)
+        watch.close()
+
+
+def test_redis_killed_and_restarted_mid_stream_every_watcher_resyncs(settings: Settings) -> None:
+    server = RedisServer().start()
+    try:
+        with serving(settings, open_store(server.url, timeout=1.0)) as served:
+            served.create("phoenix")
+            served.update("phoenix", {"a": 1})
+            watches = [served.watch("phoenix") for _ in range(3)]
+            tapes = [Tape() for _ in watches]
+            for watch, tape in zip(watches, tapes, strict=True):
+                tape.play(watch.events(1)[0])
+            server.kill()
+            server.start()  # same port, empty: nothing was kept on disk
+            # The group is gone with the data: watchers of a registered group end.
+            for watch in watches:
+                event = watch.next()
+                assert event is not None
+                assert event.event == "destroyed"
+            # A group that survives a restart (re-created here) resyncs instead.
+            served.create("phoenix")
+            served.update("phoenix", {"b": 2})
+            watches = [served.watch("phoenix") for _ in range(3)]
+            tapes = [Tape() for _ in watches]
+            for watch, tape in zip(watches, tapes, strict=True):
+                tape.play(watch.events(1)[0])
+            with server.client() as client:
+                client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            _resynced_after(served, watches, tapes, "phoenix", 10)
+    finally:
+        server.stop()
+
+
+def test_a_persistent_redis_restarted_mid_stream_every_watcher_resyncs(settings: Settings) -> None:
+    server = RedisServer(persistence=("--appendonly", "yes", "--appendfsync", "always", "--save", "")).start()
+    try:
+        with serving(settings, open_store(server.url, timeout=1.0)) as served:
+            served.create("phoenix")
+            served.update("phoenix", {"a": 1})
+            watches = [served.watch("phoenix") for _ in range(3)]
+            tapes = [Tape() for _ in watches]
+            for watch, tape in zip(watches, tapes, strict=True):
+                tape.play(watch.events(1)[0])
+            server.kill()
+            time.sleep(0.3)
+            server.start()
+            _resynced_after(served, watches, tapes, "phoenix", 15)
+    finally:
+        server.stop()
+
+
+def test_a_sentinel_failover_mid_stream_every_watcher_resyncs(settings: Settings) -> None:
+    from tests.topologies import MASTER_NAME, SentinelSetup
+
+    setup = SentinelSetup().start()
+    try:
+        assert setup.sentinel is not None
+        assert setup.replica is not None
+        with serving(settings, open_store(setup.url, timeout=1.0)) as served:
+            served.create("g")
+            served.update("g", {"a": 1})
+            watches = [served.watch("g") for _ in range(3)]
+            tapes = [Tape() for _ in watches]
+            for watch, tape in zip(watches, tapes, strict=True):
+                tape.play(watch.events(1)[0])
+            assert setup.master is not None
+            with setup.master.client() as master:  # what was acknowledged is on the replica
+                assert master.execute_command("WAIT", 1, 1000) == 1
+            with setup.sentinel.client() as sentinel_client:
+                sentinel_client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+            replica_port = setup.replica.port
+            wait_for(lambda: setup.master_port() == replica_port, 20, "the failover")
+            _resynced_after(served, watches, tapes, "g", 15)
+    finally:
+        setup.stop()
+
+
+def test_a_cluster_slot_migration_mid_stream_every_watcher_resyncs(
+    settings: Settings, redis_cluster: Cluster
+) -> None:
+    from tests.test_cluster import node_id, slot_of, slot_owners
+
+    inspector = redis_cluster.inspector()
+    inspector.flushall(target_nodes=inspector.PRIMARIES)
+    inspector.close()
+    with serving(settings, open_store(redis_cluster.url, timeout=2.0)) as served:
+        served.create("mover")
+        served.update("mover", {"a": 1})
+        watches = [served.watch("mover") for _ in range(3)]
+        tapes = [Tape() for _ in watches]
+        for watch, tape in zip(watches, tapes, strict=True):
+            tape.play(watch.events(1)[0])
+        slot = slot_of("mover")
+        source = redis_cluster.node(slot_owners(redis_cluster)[slot])
+        target = next(node for node in redis_cluster.nodes if node is not source)
+        key = group_key_text(REGISTERED_APP, "mover")
+        stop = threading.Event()
+
+        def keep_writing() -> None:
+            while not stop.is_set():
+                served.update("mover", {"a": 1}, "Increase")
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            with source.client() as src, target.client() as dst:
+                dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+                src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target))
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+                time.sleep(0.3)
+                for node in redis_cluster.nodes:
+                    with node.client() as client:
+                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))
+            redis_cluster.wait_ok()
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            writer.join()
+        _resynced_after(served, watches, tapes, "mover", 15)
