@@ -36,6 +36,10 @@ redis-server:
 	@{ command -v redis-server && command -v wrk && command -v node && command -v openssl; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl >/dev/null; \
 	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl" >&2; exit 1; fi; }
+	@# The demo page's test runs a real headless Chromium (Debian's, with its chromedriver).
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium is missing: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
 	@# promtool checks deploy/monitoring's alerts; Debian ships it in the prometheus package.
 	@command -v promtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \

@@ -18,6 +18,7 @@ from starlette.routing import Route, Router, request_response
 from starlette.types import Receive, Scope, Send
 
 from service.config import Settings
+from service.demo import DemoPage
 from service.endpoint import CommandEndpoint, send_reply
 from service.errors import ErrorCode
 from service.lifecycle import mark_draining_on_signals, tune_gc_for_serving
@@ -130,6 +131,7 @@ def create_app(
             Route("/healthz", AnyMethod(healthz)),
             Route("/readyz", AnyMethod(readiness.check)),
             Route("/openapi.json", openapi_document),
+            *([Route("/demo", DemoPage(settings, store), methods=["GET"])] if settings.config.demo else []),
             *([] if metrics_address else [Route("/metrics", AnyMethod(metrics_endpoint))]),
         ],
         default=unknown_path,
