@@ -102,7 +102,18 @@ class Watcher:
     writes them as one chunk when it can. So ten thousand watchers that keep up cost
     one write each per flush of the feed and no task switch at all."""
 
-    __slots__ = ("busy", "ended", "finished", "frames", "limit", "overflowed", "send", "size", "writer")
+    __slots__ = (
+        "busy",
+        "ended",
+        "finished",
+        "frames",
+        "limit",
+        "overflowed",
+        "send",
+        "size",
+        "transport",
+        "writer",
+    )
 
     def __init__(self, limit: int) -> None:
         self.frames: list[bytes] = []
@@ -113,14 +124,45 @@ class Watcher:
         # Until the endpoint has sent the response's start and first frames, it owns the socket.
         self.busy = True
         self.send: Send | None = None
+        self.transport: Any = None
         self.writer: asyncio.Future[None] | None = None
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def push(self, frame: bytes) -> None:
+    def attach(self, send: Send) -> None:
+        """The endpoint has sent the response's start: frames may go to the socket now.
+
+        Under uvicorn's httptools server (the one `python -m service` runs) a chunked
+        response's socket is reachable from its `send`, and a feed's flush then writes
+        one pre-framed chunk, the same bytes for every watcher, straight to each socket:
+        one call and one syscall per watcher instead of a coroutine through the server's
+        send. Any other server gets `send`. Either way a watcher whose socket holds more
+        than `limit` unsent bytes is cut off."""
+        self.send = send
+        cycle = getattr(send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if getattr(cycle, "chunked_encoding", None) is True and hasattr(transport, "get_write_buffer_size"):
+            self.transport = transport
+
+    def unsent(self) -> int:
+        """Bytes queued for this watcher and not yet taken by the kernel."""
+        transport = self.transport
+        return self.size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    def push(self, frame: bytes, framed: bytes | None = None) -> None:
+        """Queue or write `frame`; `framed` is the same as an HTTP/1.1 chunk, when known."""
         if self.ended:
             return
         if not self.busy:
-            self._write_now(frame)
+            transport = self.transport
+            if transport is None or framed is None:
+                self._write_now(frame)
+            elif transport.is_closing():
+                self.end()
+            elif transport.get_write_buffer_size() > self.limit:
+                self.overflowed = True
+                self.end()
+            else:
+                transport.write(framed)
             return
         self.size += len(frame)
         if self.size > self.limit:
@@ -204,8 +246,9 @@ class Feed:
             return
         chunk = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
         self.outbox.clear()
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)  # chunked transfer encoding, built once
         for watcher in self.watchers:
-            watcher.push(chunk)
+            watcher.push(chunk, framed)
         self.owner.drop_overflowed(self)
 
     @property

@@ -137,13 +137,16 @@ class WatchEndpoint:
             headers = [*_HEADERS, (b"x-request-id", request_id)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": _PREAMBLE, "more_body": True})
-            watcher.send = send
+            watcher.attach(send)
             await watcher.flush()  # the first frames; from now on the feed writes directly
             await watcher.finished
             if watcher.writer is not None and not watcher.overflowed:
                 await watcher.writer  # the last frames (a destroy) reach the client first
             if not gone.done() and not watcher.overflowed:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif watcher.overflowed and watcher.transport is not None:
+                # Closed now with what it holds: a close would wait for a reader that does not read.
+                watcher.transport.abort()
         finally:
             gone.cancel()
             if watcher.writer is not None:
