@@ -63,7 +63,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     keepalive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16384  # 10,000 watchers fit one worker
     max_pipelined: Annotated[int, msgspec.Meta(ge=1)] = 32
     # Watchers (watch_group_counter) and the notices every change publishes for them.
     live_counters: bool = True

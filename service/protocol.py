@@ -63,7 +63,7 @@ class HttpLimits(msgspec.Struct, frozen=True):
     body_timeout: float = 10.0
     keepalive_timeout: float = 5.0
     send_timeout: float = 10.0
-    max_connections: int = 4096
+    max_connections: int = 16384
     max_pipelined: int = 32
 
 
