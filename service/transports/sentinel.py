@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
@@ -34,6 +36,8 @@ from service.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.urls import RedisUrl
 
 log = logging.getLogger("service.transports.sentinel")
+
+T = TypeVar("T")
 
 # Calls in flight at once, hence connections to the master.
 _MAX_CONNECTIONS: Final = 128
@@ -109,27 +113,30 @@ class SentinelTransport:
                 async with asyncio.timeout(_WATCH_SECONDS):
                     await self._ask_now.wait()
 
-    async def _faulted(self, exc: RedisError) -> None:
+    def _faulted(self, exc: RedisError) -> None:
         if is_connection_fault(exc):
             # Idle connections may lead to the same sick server: the watcher drops
             # them and asks again, off this call's path.
             self._drop_idle = True
             self._ask_now.set()
 
-    async def run_script(self, call: ScriptCall) -> ScriptReply:
+    async def _bounded(self, command: Callable[[], Awaitable[T]]) -> T:
+        """One bound for all of a call: its turn, the master's address, connect, reply.
+        A cancelled redis-py call disconnects its connection: no reply is left behind."""
         self._watch_master()
-        # One bound for all of a call: its turn, the master's address, connect, reply.
-        # A cancelled redis-py call disconnects its connection: no reply is left behind.
         try:
             async with asyncio.timeout(self._timeout), self._gate:
-                return await run_with_reload(self.client.execute_command, call)
+                return await command()
         except TimeoutError:
             exc: RedisError = RedisTimeoutError(f"redis did not answer within {self._timeout} s")
-            await self._faulted(exc)
+            self._faulted(exc)
             raise exc from None
         except RedisError as exc:
-            await self._faulted(exc)
+            self._faulted(exc)
             raise
+
+    async def run_script(self, call: ScriptCall) -> ScriptReply:
+        return await self._bounded(partial(run_with_reload, self.client.execute_command, call))
 
     def subscriber(self) -> Subscriber:
         self._watch_master()
@@ -148,25 +155,14 @@ class SentinelTransport:
         try:
             await self.client.ping()
         except RedisError as exc:
-            await self._faulted(exc)
+            self._faulted(exc)
             raise
 
     async def masters(self) -> int:
         return 1
 
     async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
-        self._watch_master()
-        try:
-            async with asyncio.timeout(self._timeout), self._gate:
-                reply = await self.client.scan(cursor, match=match, count=count)
-        except TimeoutError:
-            exc: RedisError = RedisTimeoutError(f"redis did not answer within {self._timeout} s")
-            await self._faulted(exc)
-            raise exc from None
-        except RedisError as exc:
-            await self._faulted(exc)
-            raise
-        return scan_reply(reply)
+        return scan_reply(await self._bounded(partial(self.client.scan, cursor, match=match, count=count)))
 
     async def config_value(self, name: str) -> str:
         return await config_value(self.client, name)
