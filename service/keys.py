@@ -32,10 +32,15 @@ _UNESCAPES: Final = {"%25": "%", "%7B": "{", "%7D": "}"}
 _ESCAPED: Final = re.compile("%25|%7B|%7D")
 
 
+def _escaped(text: str) -> str:
+    """`text` with no brace left, reversibly, so it cannot end a hash tag early."""
+    if "%" in text or "{" in text or "}" in text:  # rare: translate costs 0.5 us a call
+        return text.translate(_ESCAPES)
+    return text
+
+
 def group_key(sdkappid: int, group_id: str) -> str:
-    if "%" in group_id or "{" in group_id or "}" in group_id:  # rare: translate costs 0.5 us
-        group_id = group_id.translate(_ESCAPES)
-    return f"{{{sdkappid}:{group_id}}}"
+    return f"{{{sdkappid}:{_escaped(group_id)}}}"
 
 
 def group_pattern(sdkappid: int) -> str:
@@ -66,9 +71,7 @@ def idempotency_key(group: str, key: str) -> str:
 def end_user_window_key(sdkappid: int, identifier: str) -> str:
     """An end user's reads and writes in the current 5 s window. The identifier is
     escaped like a GroupId, so it cannot end the hash tag early."""
-    if "%" in identifier or "{" in identifier or "}" in identifier:
-        identifier = identifier.translate(_ESCAPES)
-    return f"{{enduser:{sdkappid}:{identifier}}}"
+    return f"{{enduser:{sdkappid}:{_escaped(identifier)}}}"
 
 
 def changes_channel(group: str) -> str:
