@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.config import App
 from service.errors import ErrorCode, ServiceError
-from service.rate_limit import RateLimit
+from service.rate_limit import RateLimit, count_end_user
 from service.scripts import ScriptCall, ScriptReply
 from service.store import Store
 
@@ -43,6 +43,13 @@ class Call:
                 raise ServiceError(
                     ErrorCode.NOT_ADMIN, f"Key {key!r} is not one the app lets end users change"
                 )
+
+    async def count_end_user(self, *, writes: bool) -> None:
+        """An end user's call counts against the app's rate limit on its own first (60007),
+        then in the end user's reads or writes (61007): the same order on every topology."""
+        assert self.end_user is not None
+        await self.limit.count_alone()
+        await count_end_user(self.store, self.app, self.end_user, writes=writes)
 
     async def run(self, script_call: ScriptCall) -> ScriptReply:
         """Run the command's one script; 60007 when it found the app over its limit."""

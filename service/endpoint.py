@@ -24,7 +24,6 @@ from service.commands import COMMANDS, END_USER_COMMANDS
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
 from service.metrics import TALLY
-from service.rate_limit import count_end_user
 from service.store import Store
 from service.wire import encode_error
 
@@ -87,8 +86,7 @@ class CommandEndpoint:
                 ErrorCode.NOT_ADMIN, f"{name} needs an admin; end users may read and update counters"
             )
         call = Call(self.store, end_user.app, _idempotency_key(scope), end_user=end_user.identifier)
-        await call.limit.count_alone()
-        await count_end_user(self.store, end_user.app, end_user.identifier, writes=writes)
+        await call.count_end_user(writes=writes)
         return call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

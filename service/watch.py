@@ -34,7 +34,6 @@ from service.errors import ErrorCode, ServiceError
 from service.feeds import Feeds
 from service.keys import changes_channel, group_key
 from service.metrics import TALLY
-from service.rate_limit import count_end_user
 from service.store import Store
 from service.validate import COMMUNITY_PREFIX, check_group_id
 from service.wire import encode_error
@@ -87,8 +86,7 @@ class WatchEndpoint:
         principal = self.access.authorize(query_string)
         if isinstance(principal, EndUser):
             call = Call(self.store, principal.app, end_user=principal.identifier)
-            await call.limit.count_alone()
-            await count_end_user(self.store, principal.app, principal.identifier, writes=False)
+            await call.count_end_user(writes=False)
             return call
         call = Call(self.store, principal)
         await call.limit.count_alone()
