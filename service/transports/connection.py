@@ -41,16 +41,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.transports.base import SERVER_FAULTS
 from service.urls import RedisUrl, parse
 
 # RESP encoding of one command, in C.
 _pack: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
 
-# Replies that say this server cannot serve us now (a replica, a Redis loading its
-# data, a replica whose master is down, no free client slot): the command did not run,
-# and neither will the next on this socket. They close the link; the next call
-# reconnects (and on Sentinel, asks again who is master).
-_SERVER_FAULTS: Final = ("READONLY", "LOADING", "MASTERDOWN", "ERR max number of clients reached")
 
 # Dead-peer detection by the kernel on an idle socket, beside our own reply timeout.
 _KEEPALIVE: Final = (
@@ -64,7 +60,7 @@ def reply_error(message: str) -> RedisError:
     """The redis-py exception for an error reply, so callers catch one family."""
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
-    if message.startswith(_SERVER_FAULTS):
+    if message.startswith(SERVER_FAULTS):  # they close the link; the next call reconnects
         return RedisConnectionError(f"redis cannot serve: {message}")
     return ResponseError(message)
 
