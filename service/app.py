@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router, request_response
 from starlette.types import Receive, Scope, Send
 
+from service.access_log import ACCESS
 from service.config import Settings
 from service.demo import DemoPage
 from service.endpoint import CommandEndpoint, send_reply
@@ -120,6 +121,7 @@ def create_app(
             flusher.cancel()
             await watch.close()
             await store.close()
+            ACCESS.flush()  # the last calls' lines, before the process exits
 
     # A bare Router rather than Starlette(): the app's error and exception middlewares
     # wrap every call (one builds a Request per call) and would never fire, because

@@ -18,6 +18,7 @@ from typing import Final
 from starlette.types import Receive, Scope, Send
 
 from service.access import Access, EndUser
+from service.access_log import ACCESS
 from service.body import BodyTooLarge, ClientGone, decode_request, read_body
 from service.call import Call
 from service.commands import COMMANDS, END_USER_COMMANDS
@@ -28,7 +29,6 @@ from service.store import Store
 from service.wire import encode_error
 
 log = logging.getLogger("service")
-access_log = logging.getLogger("service.access")
 
 _JSON: Final = (b"content-type", b"application/json")
 
@@ -149,15 +149,4 @@ class CommandEndpoint:
         elapsed = time.perf_counter() - started
         label = name if command is not None else "unknown"
         TALLY.call(label, code, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "call",
-                extra={
-                    "request_id": request_id.decode(),
-                    "command": label,
-                    "sdkappid": sdkappid,
-                    "group_id": group_id,
-                    "error_code": int(code),
-                    "latency_ms": round(elapsed * 1000, 3),
-                },
-            )
+        ACCESS.call(request_id, label, sdkappid, group_id, code, elapsed)

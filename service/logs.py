@@ -1,23 +1,22 @@
 """Logging as JSON lines on stdout (or plain text for a terminal).
 
-A call's log line carries the request id, command, sdkappid, GroupId, ErrorCode and
-latency, passed as `extra`; never a usersig, a secret or a body.
-
-Fields can hold what a client sent (a GroupId, a bad request's description), so a line
-must not be forgeable: in text, control characters (a newline above all) and
-backslashes are escaped and a traceback's lines are marked as its own; JSON escapes
-them by itself. A long field is cut, with a marker saying how much was left out.
+Every line but the access log's (`service.access_log` writes those, faster, in the same
+shape): fields passed as `extra` follow the message; never a usersig, a secret or a body.
+Fields are made safe by `service.log_text`, and in text a traceback's lines are marked
+as its own so none can pass for a log line; JSON escapes by itself.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from typing import Any, Final, Literal
 
 import msgspec
+
+from service.access_log import ACCESS
+from service.log_text import MAX_MESSAGE_CHARS, bounded, escaped
 
 # uvicorn adds color_message, an ANSI-coloured copy of the message.
 _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -26,31 +25,6 @@ _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None
     "color_message",
 }
 _encoder: Final = msgspec.json.Encoder()
-
-
-MAX_FIELD_CHARS: Final = 256
-MAX_MESSAGE_CHARS: Final = 2048
-# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the backslash
-# (so that an escape in the log always means an escape).
-_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
-
-
-def bounded(value: str, limit: int = MAX_FIELD_CHARS) -> str:
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}...[{len(value) - limit} more chars]"
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    if char == "\\":
-        return "\\\\"
-    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-
-
-def escaped(value: str) -> str:
-    """One line, whatever `value` holds."""
-    return _UNSAFE.sub(_escape, value)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -108,6 +82,7 @@ def setup_logging(level: str, fmt: Literal["json", "text"]) -> None:
         handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    ACCESS.configure(fmt)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

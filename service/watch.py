@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Message, Receive, Scope, Send
 
 from service.access import Access, EndUser
+from service.access_log import ACCESS
 from service.call import Call
 from service.config import Settings
 from service.endpoint import RequestIds, send_reply
@@ -39,7 +40,6 @@ from service.validate import COMMUNITY_PREFIX, check_group_id
 from service.wire import encode_error
 
 log = logging.getLogger("service")
-access_log = logging.getLogger("service.access")
 
 COMMAND: Final = "watch_group_counter"
 _HEADERS: Final = [
@@ -156,18 +156,7 @@ class WatchEndpoint:
     ) -> None:
         elapsed = time.perf_counter() - started
         TALLY.call(COMMAND, code, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "call",
-                extra={
-                    "request_id": request_id.decode(),
-                    "command": COMMAND,
-                    "sdkappid": sdkappid,
-                    "group_id": group_id,
-                    "error_code": int(code),
-                    "latency_ms": round(elapsed * 1000, 3),
-                },
-            )
+        ACCESS.call(request_id, COMMAND, sdkappid, group_id, code, elapsed)
 
     async def close(self) -> None:
         await self.feeds.close()

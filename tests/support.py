@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -13,13 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
 import redis
 from starlette.testclient import TestClient
 
 from service import keys
+from service.access_log import ACCESS
 from service.auth import mint_usersig
 
 REGISTERED_APP: Final = 1400000000
@@ -365,3 +367,26 @@ def group_key(sdkappid: int, group_id: str) -> bytes:
 
 def iterate(n: int) -> Iterator[int]:
     return iter(range(n))
+
+
+@contextlib.contextmanager
+def access_lines(fmt: Literal["json", "text"] = "json") -> Iterator[Callable[[], list[str]]]:
+    """The access log's lines, captured: yields a function that returns those written so far."""
+    written: list[bytes] = []
+    logger = logging.getLogger("service.access")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    ACCESS.configure(fmt)
+    ACCESS.write = written.append
+
+    def lines() -> list[str]:
+        ACCESS.flush()
+        return b"".join(written).decode().splitlines()
+
+    try:
+        yield lines
+    finally:
+        ACCESS.flush()
+        ACCESS.write = None
+        ACCESS.configure("json")
+        logger.setLevel(level)

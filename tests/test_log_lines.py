@@ -5,31 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Final
+from typing import Final, Literal
 
 import pytest
 
 from service.logs import JsonFormatter, TextFormatter
-from tests.support import Api
+from tests.support import Api, access_lines
 
 FORGED: Final = "g\n2026-01-01 00:00:00,000 INFO service.access: call request_id=forged error_code=0"
 
 
-def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if record.name == "service.access"]
+def access_line(api: Api, group_id: str, fmt: Literal["json", "text"]) -> str:
+    with access_lines(fmt) as lines:
+        api.call("get_group_counter", {"GroupId": group_id})
+        (line,) = lines()
+    return line
 
 
-def call_with_group_id(api: Api, group_id: str, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
-    caplog.set_level(logging.INFO, logger="service.access")
-    caplog.clear()
-    api.call("get_group_counter", {"GroupId": group_id})
-    (record,) = access_records(caplog)
-    return record
-
-
-def test_text_format_escapes_a_newline_in_a_group_id(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    line = TextFormatter().format(call_with_group_id(api, FORGED, caplog))
-    assert "\n" not in line
+def test_text_format_escapes_a_newline_in_a_group_id(api: Api) -> None:
+    line = access_line(api, FORGED, "text")
     assert "group_id=g\\x0a2026-01-01" in line
 
 
@@ -59,17 +53,14 @@ def test_text_format_marks_every_line_of_a_traceback() -> None:
     assert all(line.startswith("| ") for line in rest), rest
 
 
-def test_json_format_keeps_a_newline_inside_its_string(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    line = JsonFormatter().format(call_with_group_id(api, FORGED, caplog))
-    assert "\n" not in line
+def test_json_format_keeps_a_newline_inside_its_string(api: Api) -> None:
+    line = access_line(api, FORGED, "json")
     assert json.loads(line)["group_id"] == FORGED
 
 
-@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
-def test_a_long_invalid_group_id_is_cut_with_a_marker(
-    api: Api, caplog: pytest.LogCaptureFixture, formatter: logging.Formatter
-) -> None:
-    line = formatter.format(call_with_group_id(api, "G" * 60_000, caplog))
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_long_invalid_group_id_is_cut_with_a_marker(api: Api, fmt: Literal["json", "text"]) -> None:
+    line = access_line(api, "G" * 60_000, fmt)
     assert len(line) < 1000
     assert "more chars]" in line
 

@@ -8,7 +8,8 @@ checked out in a temporary git worktree and served by the same interpreter (`pyt
 service` from that tree), both servers pinned to one CPU, wrk and Redis to another, as in
 `make bench`. Pairs of wrk runs alternate their order; the ratio is the median of the
 pairs' ratios. The update workload is `make bench`'s (Increase of two keys over --groups
-registered groups). Prints the rounds and the ratio; writes nothing.
+registered groups), on the default config (access log on) unless --log-level says
+otherwise. Prints the rounds and the ratio; writes nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
+def with_log_level(config: Path, level: str) -> None:
+    """The bench config with `level` (the service's default, "info", writes an access line per call)."""
+    kept = [line for line in config.read_text().splitlines() if not line.startswith("log_level")]
+    config.write_text("\n".join([f'log_level = "{level}"', *kept]) + "\n")
+
+
+def compare(ref: str, duration: int, rounds: int, groups: int, log_level: str = "info") -> float:
     cpus = Cpus.pick()
     workdir = Path(tempfile.mkdtemp(prefix="group-counter-compare-"))
     tree = workdir / "baseline"
@@ -62,6 +69,7 @@ def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
     try:
         config = workdir / "bench.toml"
         write_config(config, redis_server.url)
+        with_log_level(config, log_level)
         usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
         now = service_server(config, workdir, tag="now")
         before = service_server(config, workdir, tag="before")
@@ -117,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
     parser.add_argument("--rounds", type=int, default=7, help="pairs of runs (7)")
     parser.add_argument("--groups", type=int, default=10000, help="registered groups to spread calls over")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="both services' log_level (info: the default, an access line per call)",
+    )
     args = parser.parse_args(argv)
     try:
         require_tools(need_node=False)
-        compare(args.ref, args.duration, args.rounds, args.groups)
+        compare(args.ref, args.duration, args.rounds, args.groups, args.log_level)
     except (BenchError, subprocess.CalledProcessError) as exc:
         print(f"bench-compare: {exc}", file=sys.stderr)
         return 2
