@@ -7,8 +7,12 @@ notices, so each rule of the feed is checked on exactly the order of events it i
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, cast
 
+import pytest
+
+from service import feeds as feeds_module
 from service.feeds import Feeds, Watcher
 from service.scripts import ScriptCall
 from service.store import Store
@@ -155,5 +159,72 @@ def test_the_last_watcher_leaving_drops_the_subscription() -> None:
         feeds.leave(CHANNEL, watchers[2])
         assert store.subscriber_made.unsubscribed == [CHANNEL]
         assert CHANNEL not in feeds.feeds
+
+    asyncio.run(scenario())
+
+
+class FakeTransport:
+    """A socket that takes every write at once, recording it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeCycle:
+    """What a watcher finds behind uvicorn's `send`: a chunked response and its transport."""
+
+    chunked_encoding = True
+
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+
+    async def send(self, message: Any) -> None:
+        self.transport.write(message["body"])
+
+
+def versions(write: bytes) -> list[int]:
+    return [int(version) for version in re.findall(rb'"Version":(\d+)', write)]
+
+
+def test_a_frame_that_arrives_mid_pass_reaches_every_watcher_once_in_order_one_write_per_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feeds_module, "PUMP_SLICE", 2)
+
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        store.snapshot = (b"1 ffff", {"a": 1})
+        watchers = [await _joined(store, feeds)] + [
+            await feeds.join(CHANNEL, "{1:g}", "g", "1", None) for _ in range(4)
+        ]
+        cycles = []
+        for watcher in watchers:
+            cycle = FakeCycle()
+            cycles.append(cycle)
+            watcher.attach(cycle.send)
+            await watcher.flush()  # the snapshot
+            cycle.transport.writes.clear()
+        loop = asyncio.get_running_loop()
+        feeds.on_message(CHANNEL, notice("ffff", 2, "u", "a", "2"))
+        # Runs after the pump's first step (watchers 0 and 1), before its second.
+        loop.call_soon(feeds.on_message, CHANNEL, notice("ffff", 3, "u", "a", "3"))
+        await asyncio.sleep(0.05)
+        writes = [cycle.transport.writes for cycle in cycles]
+        assert [len(w) for w in writes] == [2, 2, 1, 1, 1]
+        for watcher_writes in writes:
+            assert [v for write in watcher_writes for v in versions(write)] == [2, 3]
+        feed = feeds.feeds[CHANNEL]
+        assert feed.log == [], "frames every watcher has had are let go"
+        assert not feed.pumping
 
     asyncio.run(scenario())
