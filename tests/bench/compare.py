@@ -61,7 +61,8 @@ def compare(ref: str, duration: int, rounds: int, groups: int) -> float:
     redis_server = start_redis(cpus)
     try:
         config = workdir / "bench.toml"
-        write_config(config, redis_server.url)
+        # Quiet, as it always ran: the two versions' request paths, not their logging.
+        write_config(config, redis_server.url, log_level="warning")
         usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
         now = service_server(config, workdir, tag="now")
         before = service_server(config, workdir, tag="before")
