@@ -19,23 +19,29 @@ local query = "?sdkappid=" .. os.getenv("BENCH_SDKAPPID") .. "&identifier=" .. o
 local json = {["Content-Type"] = "application/json"}
 
 local function random_group()
-  return '{"GroupId":"bench-' .. math.random(0, groups - 1) .. '"'
+  return '"GroupId":"bench-' .. math.random(0, groups - 1) .. '"'
 end
 
--- Each workload: its command, and the body (and headers) of call number n.
+local function numbered_group(n)
+  return '"GroupId":"' .. prefix .. (start + n) .. '"'
+end
+
+local update = ',"Mode":"Increase","GroupCounter":[{"Key":"a","Value":1},{"Key":"b","Value":2}]'
+
+-- Each workload: its command, and the body and headers of the run's call number n.
 local workloads = {
-  get = {"get_group_counter", function(n) return random_group() .. "}", json end},
+  get = {"get_group_counter", function(n) return "{" .. random_group() .. "}", json end},
   delete = {"delete_group_counter", function(n)
-    return random_group() .. ',"GroupCounterKeys":["c"]}', json
+    return "{" .. random_group() .. ',"GroupCounterKeys":["c"]}', json
   end},
   idempotent = {"update_group_counter", function(n)
-    return random_group() .. ',"Mode":"Increase","GroupCounter":[{"Key":"a","Value":1},{"Key":"b","Value":2}]}',
+    return "{" .. random_group() .. update .. "}",
       {["Content-Type"] = "application/json", ["Idempotency-Key"] = prefix .. n}
   end},
   create = {"create_group", function(n)
-    return '{"Type":"Public","Name":"bench","GroupId":"' .. prefix .. (start + n) .. '"}', json
+    return '{"Type":"Public","Name":"bench",' .. numbered_group(n) .. "}", json
   end},
-  destroy = {"destroy_group", function(n) return '{"GroupId":"' .. prefix .. (start + n) .. '"}', json end},
+  destroy = {"destroy_group", function(n) return "{" .. numbered_group(n) .. "}", json end},
 }
 local chosen = workloads[workload]
 if chosen == nil then error("BENCH_WORKLOAD must be get, delete, idempotent, create or destroy") end
