@@ -135,7 +135,8 @@ loadtest: $(STAMP)
 
 # make bench [BENCH_ARGS='--duration 20 --rounds 5']: the service against the ceiling app
 # (tests/bench/ceiling.py) side by side, servers pinned to CPU 0, wrk, the open-loop driver and
-# redis-server to CPU 1 (taskset). Writes BENCHMARKS.md and docs/bench-latency.png.
+# redis-server to CPU 1 (taskset). Writes BENCHMARKS.md and docs/bench-latency.png. Every
+# command's row: BENCH_ARGS='--row-rounds 5 --row-duration 10', or '--rows get,cluster' for some.
 BENCH_ARGS ?=
 
 .PHONY: bench-tools  ## Make sure node (the open-loop driver) exists and matplotlib is in .venv

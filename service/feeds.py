@@ -32,6 +32,7 @@ from starlette.types import Send
 
 from service.commands import GroupSnapshot, read_snapshot
 from service.errors import ErrorCode, ServiceError
+from service.protocol import OneWrite
 from service.store import Store
 from service.transports.subscriber import Subscriber
 from service.wire import ChangeEvent, DestroyedEvent, GroupCounter, SnapshotEvent, encoder
@@ -146,6 +147,8 @@ class Watcher:
         self.send = send
         cycle = getattr(send, "__self__", None)
         transport = getattr(cycle, "transport", None)
+        if isinstance(transport, OneWrite):  # nothing is held once the stream has begun
+            transport = transport.transport
         if getattr(cycle, "chunked_encoding", None) is True and hasattr(transport, "get_write_buffer_size"):
             self.transport = transport
 

@@ -139,6 +139,55 @@ def release_memory() -> None:
 
 
 # Where a connection is; the sweep times how long it stays in one phase of one request.
+class OneWrite:
+    """A response's view of its connection: the head goes out with the first body write.
+
+    uvicorn writes a response's status line and headers, then its body, in two writes:
+    two system calls where one does, and a system call is a large share of a small
+    call's cost. Each response cycle writes through one of these instead: the head is
+    held until the cycle's next write, or the end of the loop step, whichever comes
+    first, so an app that sends its head and then waits (a stream before its first
+    event) still has the head sent at once.
+    """
+
+    __slots__ = ("cycle", "held", "loop", "started", "transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.loop = loop
+        self.held: bytes | None = None
+        self.started = False
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held + data)
+        elif not self.started and self.cycle.response_started:
+            # The cycle's first write since its response started: the head. (A "100
+            # Continue" comes before the response starts, and goes out at once.)
+            self.started = True
+            self.held = data
+            self.loop.call_soon(self.release)
+        else:
+            self.transport.write(data)
+
+    def release(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.release()
+        self.transport.close()
+
+
 _IDLE: Final = 0  # between requests (or before the first): keepalive_timeout
 _HEADERS: Final = 1  # a request has begun, its headers have not ended: header_timeout
 _BODY: Final = 2  # its headers have ended, its body has not: body_timeout
@@ -310,6 +359,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._phase = _BODY
         super().on_headers_complete()
+        # Its task has not run yet (it starts at the next loop step, or waits in the pipeline).
+        self.cycle.transport = OneWrite(self.transport, self.cycle, self.loop)  # type: ignore[assignment]
         if len(self.pipeline) > 1:
             self._heavy = True
 

@@ -50,12 +50,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def with_log_level(config: Path, level: str) -> None:
-    """The bench config with `level` (the service's default, "info", writes an access line per call)."""
-    kept = [line for line in config.read_text().splitlines() if not line.startswith("log_level")]
-    config.write_text("\n".join([f'log_level = "{level}"', *kept]) + "\n")
-
-
 def compare(ref: str, duration: int, rounds: int, groups: int, log_level: str = "info") -> float:
     cpus = Cpus.pick()
     workdir = Path(tempfile.mkdtemp(prefix="group-counter-compare-"))
@@ -68,8 +62,7 @@ def compare(ref: str, duration: int, rounds: int, groups: int, log_level: str = 
     redis_server = start_redis(cpus)
     try:
         config = workdir / "bench.toml"
-        write_config(config, redis_server.url)
-        with_log_level(config, log_level)
+        write_config(config, redis_server.url, log_level=log_level)
         usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
         now = service_server(config, workdir, tag="now")
         before = service_server(config, workdir, tag="before")
