@@ -114,7 +114,7 @@ class WatchEndpoint:
                     ErrorCode.NOT_ALLOWED, f"group {group_id!r} is a Community group, which has no counters"
                 )
             group = group_key(app.sdkappid, group_id)
-            channel = changes_channel(group)
+            channel = changes_channel(group, self.store.db)
             watcher = await self.feeds.join(channel, group, group_id, call.registered, _last_event_id(scope))
         except ServiceError as exc:
             code = exc.code

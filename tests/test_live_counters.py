@@ -254,7 +254,7 @@ def test_the_groups_subscription_is_dropped_when_its_last_watcher_leaves(
 ) -> None:
     inspector = redis.Redis.from_url(redis_server.url)
     inspector.flushall()
-    channel = changes_channel(group_key_text(REGISTERED_APP, "g"))
+    channel = changes_channel(group_key_text(REGISTERED_APP, "g"), 0)
     with serving(settings, open_store(redis_server.url, timeout=2.0)) as served:
         served.create("g")
         watches = [served.watch("g") for _ in range(5)]
@@ -292,7 +292,7 @@ def test_a_slow_watcher_is_cut_off_with_its_buffer_bounded(
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         reader = served.watch("firehose")  # a watcher that reads: it stays
         reader.events(1)
-        channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"))
+        channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"), 0)
         wait_for(lambda: len(feeds.feeds[channel].watchers) == 2, 5, "both watchers")
         big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
         largest = 0
@@ -569,6 +569,76 @@ def test_a_cluster_slot_migration_mid_stream_every_watcher_resyncs(
         _resynced_after(served, watches, tapes, "mover", 15)
 
 
+# ---- deployments on two databases of one Redis: pub/sub is per server, not per db ----
+
+
+@pytest.fixture(params=["redis", "memory", "sentinel"])
+def two_databases(
+    request: pytest.FixtureRequest, settings: Settings
+) -> Iterator[tuple[Served, Served, redis.Redis]]:
+    """Two services on db 0 and db 1 of the same server, and a client of that server."""
+    setup = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        inspector = redis.Redis.from_url(server.url)
+        inspector.flushall()
+        url = server.url.rsplit("/", 1)[0]
+        stores = [open_store(f"{url}/{db}", timeout=2.0) for db in (0, 1)]
+    elif request.param == "sentinel":
+        from tests.topologies import SentinelSetup
+
+        setup = SentinelSetup().start()
+        assert setup.master is not None
+        inspector = setup.master.client()
+        stores = [open_store(f"{setup.url}/{db}", timeout=2.0) for db in (0, 1)]
+    else:
+        fake_server = fakeredis.FakeServer()
+        inspector = fakeredis.FakeRedis(server=fake_server)
+        stores = [
+            Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server, db=db))) for db in (0, 1)
+        ]
+    try:
+        with serving(settings, stores[0]) as first, serving(settings, stores[1]) as second:
+            yield first, second, inspector
+    finally:
+        inspector.close()
+        if setup is not None:
+            setup.stop()
+
+
+def test_deployments_on_two_databases_of_one_redis_never_see_each_others_changes(
+    two_databases: tuple[Served, Served, redis.Redis],
+) -> None:
+    on_db0, on_db1, inspector = two_databases
+    for served in (on_db0, on_db1):  # the same app and GroupId in both
+        served.create("shared")
+    watch0, watch1 = on_db0.watch("shared"), on_db1.watch("shared")
+    assert [watch0.events(1)[0].data["Version"], watch1.events(1)[0].data["Version"]] == [0, 0]
+    channels = {channel.decode() for channel in cast(list[bytes], inspector.pubsub_channels())}
+    group = group_key_text(REGISTERED_APP, "shared")
+    assert {f"{group}:changes", f"{group}:changes:1"} <= channels, channels
+
+    # A change on db 1 first: were it heard on db 0, it would pass there for version 1.
+    for n in (1, 2):
+        assert on_db1.update("shared", {"db1": n})["ErrorCode"] == 0
+        assert on_db0.update("shared", {"db0": n})["ErrorCode"] == 0
+    seen0, seen1 = watch0.events(2), watch1.events(2)
+    assert [(e.event, e.data["Version"], e.data["GroupCounter"]) for e in seen0] == [
+        ("change", 1, [{"Key": "db0", "Value": 1}]),
+        ("change", 2, [{"Key": "db0", "Value": 2}]),
+    ]
+    assert [(e.event, e.data["Version"], e.data["GroupCounter"]) for e in seen1] == [
+        ("change", 1, [{"Key": "db1", "Value": 1}]),
+        ("change", 2, [{"Key": "db1", "Value": 2}]),
+    ]
+    # Nor a destroy: the watcher on db 0 goes on with its own group.
+    assert on_db1.post("destroy_group", {"GroupId": "shared"})["ErrorCode"] == 0
+    assert watch1.events(1)[0].event == "destroyed"
+    assert on_db0.update("shared", {"db0": 3})["ErrorCode"] == 0
+    (event,) = watch0.events(1)
+    assert (event.event, event.data["Version"]) == ("change", 3)
+
+
 # ---- metrics (README, "Operations"): each moves with what it counts ----
 
 
@@ -630,7 +700,7 @@ def test_a_watcher_cut_off_for_not_reading_is_counted_once(
     served, _ = live
     served.create("firehose")
     feeds = feeds_of(served)
-    channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"))
+    channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"), 0)
     before = exported("group_counter_watchers_cut_off_total")
     with socket.socket() as sock:  # a client that never reads
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
