@@ -15,7 +15,7 @@ ARGV[3]  the request's fingerprint when it carries an Idempotency-Key, else ""
 ARGV[4]  a fresh random token: the group's epoch when it has none yet (with ARGV[3] only),
          and its incarnation when this is its first change
 ARGV[5]  how to announce the change: "PUBLISH", "SPUBLISH" (a Cluster) or "" (live counters off)
-ARGV[6]  the group's channel, <KEYS[1]>:changes
+ARGV[6]  the group's channel, <KEYS[1]>:changes, then :<db> on a database other than 0
 ARGV[7..] Keys to delete; none means every counter. Absent Keys are ignored.
 
 Reply    {0}      done (or an identical request with this Idempotency-Key was done before)

@@ -10,7 +10,7 @@ KEYS[2]  the app's rate-limit window, {ratelimit:<sdkappid>} (KEYS[1] again when
 ARGV[1]  "1" when the group must have been created (registered mode), "0" (implicit)
 ARGV[2]  the app's rate limit in calls per second, checked here first; "0": not here
 ARGV[3]  how to announce the destroy: "PUBLISH", "SPUBLISH" (a Cluster) or "" (live counters off)
-ARGV[4]  the group's channel, <KEYS[1]>:changes
+ARGV[4]  the group's channel, <KEYS[1]>:changes, then :<db> on a database other than 0
 
 Reply    {0}      destroyed
          {60007}  the app is over its rate limit

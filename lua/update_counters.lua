@@ -27,7 +27,7 @@ ARGV[3]  the request's fingerprint when it carries an Idempotency-Key, else ""
 ARGV[4]  a fresh random token: the group's epoch when it has none yet (with ARGV[3] only),
          and its incarnation when this is its first change
 ARGV[5]  how to announce the change: "PUBLISH", "SPUBLISH" (a Cluster) or "" (live counters off)
-ARGV[6]  the group's channel, <KEYS[1]>:changes
+ARGV[6]  the group's channel, <KEYS[1]>:changes, then :<db> on a database other than 0
 ARGV[7]  "set" or "add"
 ARGV[8..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
          Value is the signed amount to add as a decimal string; a Decrease arrives

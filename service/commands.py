@@ -164,7 +164,7 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
                 fingerprint,
                 token,
                 call.store.announce,
-                changes_channel(group),
+                changes_channel(group, call.store.db),
                 operation,
                 *pairs,
             ],
@@ -213,7 +213,15 @@ async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes
         ScriptCall(
             scripts.DELETE_COUNTERS,
             [group, window, record],
-            [call.registered, limit, fingerprint, token, call.store.announce, changes_channel(group), *keys],
+            [
+                call.registered,
+                limit,
+                fingerprint,
+                token,
+                call.store.announce,
+                changes_channel(group, call.store.db),
+                *keys,
+            ],
         )
     )
     _raise_for(reply, group_id)
@@ -258,7 +266,7 @@ async def destroy_group(call: Call, request: DestroyGroup) -> bytes:
         ScriptCall(
             scripts.DESTROY_GROUP,
             [group, window],
-            [call.registered, limit, call.store.announce, changes_channel(group)],
+            [call.registered, limit, call.store.announce, changes_channel(group, call.store.db)],
         )
     )
     _raise_for(reply, group_id)

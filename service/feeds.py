@@ -32,6 +32,7 @@ from starlette.types import Send
 
 from service.commands import GroupSnapshot, read_snapshot
 from service.errors import ErrorCode, ServiceError
+from service.metrics import TALLY
 from service.protocol import OneWrite
 from service.store import Store
 from service.transports.subscriber import Subscriber
@@ -440,6 +441,7 @@ class Feed:
         self.error = None
         if resynced:
             self.broadcast(self.snapshot_frame(resync=True))
+            TALLY.resync_snapshots("gap", len(self.watchers))
         pending, self.pending = self.pending, []
         caught_up = False
         for notice in pending:
@@ -506,6 +508,7 @@ class Feeds:
         if feed is None:
             feed = self.feeds[channel] = Feed(self, channel, group, group_id, registered)
             self.subscriber.subscribe(channel)
+            TALLY.watched_groups += 1
         feed.joining += 1
         try:
             async with asyncio.timeout(self.timeout):
@@ -527,6 +530,7 @@ class Feeds:
         watcher = Watcher(self.buffer_bytes)
         if last_event_id != feed.event_id:
             watcher.push(feed.snapshot_frame(resync=last_event_id is not None))
+            TALLY.resync_snapshots("reconnect", int(last_event_id is not None))
         feed.add(watcher)
         return watcher
 
@@ -541,6 +545,7 @@ class Feeds:
         if feed.watchers or feed.joining or self.feeds.get(feed.channel) is not feed:
             return
         del self.feeds[feed.channel]
+        TALLY.watched_groups -= 1
         feed._out_of_sync()
         if self._subscriber is not None:
             self._subscriber.unsubscribe(feed.channel)

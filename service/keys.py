@@ -5,7 +5,7 @@
     {ratelimit:<sdkappid>}                                  an app's rate-limit window
     {enduser:<sdkappid>:<escaped identifier>}               an end user's 5 s window
     {grouplist:<sdkappid>}                                  get_appid_group_list's own window
-    {<sdkappid>:<escaped GroupId>}:changes                  a group's channel (pub/sub, not a key)
+    {<sdkappid>:<escaped GroupId>}:changes[:<db>]           a group's channel (pub/sub, not a key)
     {readyz}                                                the readiness probe's key
 
 The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
@@ -74,11 +74,17 @@ def end_user_window_key(sdkappid: int, identifier: str) -> str:
     return f"{{enduser:{sdkappid}:{_escaped(identifier)}}}"
 
 
-def changes_channel(group: str) -> str:
+def changes_channel(group: str, db: int) -> str:
     """The channel a group's changes are announced on (`group_key` then `:changes`): its
     hash tag puts it in the group's slot, so on a Cluster the script that changes the
-    group may SPUBLISH to it, and its watchers subscribe on the node that owns the group."""
-    return f"{group}:changes"
+    group may SPUBLISH to it, and its watchers subscribe on the node that owns the group.
+
+    Channels belong to the whole server, whatever database a client SELECTed: two
+    deployments on db 0 and db 1 of one Redis would hear each other's groups, so a db
+    other than 0 ends the name (`:changes:1`). On db 0, and so on a Cluster, which has
+    no other, the name stays `:changes`: during a rolling upgrade the pods of both
+    versions then announce and listen on the same channel."""
+    return f"{group}:changes" if db == 0 else f"{group}:changes:{db}"
 
 
 def rate_limit_key(sdkappid: int) -> str:

@@ -70,6 +70,24 @@ OPEN_CONNECTIONS: Final = Gauge(
     "group_counter_open_connections", "Client connections open now", multiprocess_mode="livesum"
 )
 
+WATCHERS: Final = Gauge(
+    "group_counter_watchers", "watch_group_counter streams open now", multiprocess_mode="livesum"
+)
+WATCHED_GROUPS: Final = Gauge(
+    "group_counter_watched_groups",
+    "Groups with watchers in a process, each one subscription to its channel (summed over processes)",
+    multiprocess_mode="livesum",
+)
+WATCHERS_CUT_OFF: Final = Counter(
+    "group_counter_watchers_cut_off_total",
+    "Watchers disconnected for not reading: their unsent events passed the bound",
+)
+RESYNC_SNAPSHOTS: Final = Counter(
+    "group_counter_resync_snapshots_total",
+    "Snapshots flagged Resync sent to watchers, by why the stream could not go on version by version",
+    ["reason"],
+)
+
 
 class _Latencies:
     __slots__ = ("buckets", "total")
@@ -98,6 +116,10 @@ class Tally:
     def __init__(self) -> None:
         self.in_flight = 0
         self.open_connections = 0
+        self.watchers = 0
+        self.watched_groups = 0
+        self._watchers_cut_off = 0
+        self._resync_snapshots: dict[str, int] = {}
         self._rejections: dict[str, int] = {}
         self._calls: dict[tuple[str, int], int] = {}
         self._call_seconds: dict[str, _Latencies] = {}
@@ -128,6 +150,17 @@ class Tally:
     def batch(self, size: int) -> None:
         self._batches.append(size)
 
+    def watcher_left(self, *, cut_off: bool) -> None:
+        self.watchers -= 1
+        self._watchers_cut_off += cut_off
+
+    def resync_snapshots(self, reason: str, count: int) -> None:
+        """`reason`: "gap" (notices may have been missed: a version skipped, another
+        incarnation, the subscription renewed after a Redis fault; every watcher of the
+        group gets one) or "reconnect" (a watcher came back with a Last-Event-ID the
+        group has moved on from)."""
+        self._resync_snapshots[reason] = self._resync_snapshots.get(reason, 0) + count
+
     def flush(self) -> None:
         calls, self._calls = self._calls, {}
         call_seconds, self._call_seconds = self._call_seconds, {}
@@ -135,6 +168,8 @@ class Tally:
         redis_errors, self._redis_errors = self._redis_errors, {}
         batches, self._batches = self._batches, []
         rejections, self._rejections = self._rejections, {}
+        resync_snapshots, self._resync_snapshots = self._resync_snapshots, {}
+        cut_off, self._watchers_cut_off = self._watchers_cut_off, 0
         for (command, code), count in calls.items():
             REQUESTS.labels(command, str(code)).inc(count)
         for command, latencies in call_seconds.items():
@@ -147,8 +182,14 @@ class Tally:
             REDIS_BATCH_CALLS.observe(size)
         for reason, count in rejections.items():
             HTTP_REJECTIONS.labels(reason).inc(count)
+        for reason, count in resync_snapshots.items():
+            RESYNC_SNAPSHOTS.labels(reason).inc(count)
+        if cut_off:
+            WATCHERS_CUT_OFF.inc(cut_off)
         IN_FLIGHT.set(self.in_flight)
         OPEN_CONNECTIONS.set(self.open_connections)
+        WATCHERS.set(self.watchers)
+        WATCHED_GROUPS.set(self.watched_groups)
 
 
 # One per worker process: the call path writes here, the flusher and /metrics read it.

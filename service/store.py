@@ -46,6 +46,11 @@ class Store:
         return self.transport.publish_command if self.live else ""
 
     @property
+    def db(self) -> int:
+        """The database the keys are in, which the group channels' names carry."""
+        return self.transport.db
+
+    @property
     def cross_slot_scripts(self) -> bool:
         """Whether one script may touch keys of different hash slots (not on a Cluster)."""
         return self.transport.cross_slot_scripts

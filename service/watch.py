@@ -114,7 +114,7 @@ class WatchEndpoint:
                     ErrorCode.NOT_ALLOWED, f"group {group_id!r} is a Community group, which has no counters"
                 )
             group = group_key(app.sdkappid, group_id)
-            channel = changes_channel(group)
+            channel = changes_channel(group, self.store.db)
             watcher = await self.feeds.join(channel, group, group_id, call.registered, _last_event_id(scope))
         except ServiceError as exc:
             code = exc.code
@@ -131,6 +131,7 @@ class WatchEndpoint:
         self._log(request_id, sdkappid, group_id, code, started)
         gone = asyncio.ensure_future(_disconnected(receive))
         gone.add_done_callback(lambda _: watcher.end())
+        TALLY.watchers += 1
         try:
             headers = [*_HEADERS, (b"x-request-id", request_id)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -150,6 +151,7 @@ class WatchEndpoint:
             if watcher.writer is not None:
                 watcher.writer.cancel()
             self.feeds.leave(channel, watcher)
+            TALLY.watcher_left(cut_off=watcher.overflowed)
 
     def _log(
         self, request_id: bytes, sdkappid: int | None, group_id: str | None, code: int, started: float

@@ -17,14 +17,18 @@ from typing import Any, cast
 import fakeredis
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from service import feeds as feeds_module
+from service import metrics as metrics_module
+from service import watch as watch_module
 from service.app import CommandFirst, create_app
 from service.config import Settings, parse_config
 from service.feeds import Feeds
 from service.keys import changes_channel
 from service.keys import group_key as group_key_text
+from service.metrics import Tally, render
 from service.scripts import UPDATE_COUNTERS
 from service.store import Store, open_store
 from service.transports.embedded import RedisPyTransport
@@ -250,7 +254,7 @@ def test_the_groups_subscription_is_dropped_when_its_last_watcher_leaves(
 ) -> None:
     inspector = redis.Redis.from_url(redis_server.url)
     inspector.flushall()
-    channel = changes_channel(group_key_text(REGISTERED_APP, "g"))
+    channel = changes_channel(group_key_text(REGISTERED_APP, "g"), 0)
     with serving(settings, open_store(redis_server.url, timeout=2.0)) as served:
         served.create("g")
         watches = [served.watch("g") for _ in range(5)]
@@ -288,7 +292,7 @@ def test_a_slow_watcher_is_cut_off_with_its_buffer_bounded(
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         reader = served.watch("firehose")  # a watcher that reads: it stays
         reader.events(1)
-        channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"))
+        channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"), 0)
         wait_for(lambda: len(feeds.feeds[channel].watchers) == 2, 5, "both watchers")
         big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
         largest = 0
@@ -563,3 +567,197 @@ def test_a_cluster_slot_migration_mid_stream_every_watcher_resyncs(
             stop.set()
             writer.join()
         _resynced_after(served, watches, tapes, "mover", 15)
+
+
+# ---- deployments on two databases of one Redis: pub/sub is per server, not per db ----
+
+
+@pytest.fixture(params=["redis", "memory", "sentinel"])
+def two_databases(
+    request: pytest.FixtureRequest, settings: Settings
+) -> Iterator[tuple[Served, Served, redis.Redis]]:
+    """Two services on db 0 and db 1 of the same server, and a client of that server."""
+    setup = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        inspector = redis.Redis.from_url(server.url)
+        inspector.flushall()
+        url = server.url.rsplit("/", 1)[0]
+        stores = [open_store(f"{url}/{db}", timeout=2.0) for db in (0, 1)]
+    elif request.param == "sentinel":
+        from tests.topologies import SentinelSetup
+
+        setup = SentinelSetup().start()
+        assert setup.master is not None
+        inspector = setup.master.client()
+        stores = [open_store(f"{setup.url}/{db}", timeout=2.0) for db in (0, 1)]
+    else:
+        fake_server = fakeredis.FakeServer()
+        inspector = fakeredis.FakeRedis(server=fake_server)
+        stores = [
+            Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server, db=db))) for db in (0, 1)
+        ]
+    try:
+        with serving(settings, stores[0]) as first, serving(settings, stores[1]) as second:
+            yield first, second, inspector
+    finally:
+        inspector.close()
+        if setup is not None:
+            setup.stop()
+
+
+def test_deployments_on_two_databases_of_one_redis_never_see_each_others_changes(
+    two_databases: tuple[Served, Served, redis.Redis],
+) -> None:
+    on_db0, on_db1, inspector = two_databases
+    for served in (on_db0, on_db1):  # the same app and GroupId in both
+        served.create("shared")
+    watch0, watch1 = on_db0.watch("shared"), on_db1.watch("shared")
+    assert [watch0.events(1)[0].data["Version"], watch1.events(1)[0].data["Version"]] == [0, 0]
+    channels = {channel.decode() for channel in cast(list[bytes], inspector.pubsub_channels())}
+    group = group_key_text(REGISTERED_APP, "shared")
+    assert {f"{group}:changes", f"{group}:changes:1"} <= channels, channels
+
+    # A change on db 1 first: were it heard on db 0, it would pass there for version 1.
+    for n in (1, 2):
+        assert on_db1.update("shared", {"db1": n})["ErrorCode"] == 0
+        assert on_db0.update("shared", {"db0": n})["ErrorCode"] == 0
+    seen0, seen1 = watch0.events(2), watch1.events(2)
+    assert [(e.event, e.data["Version"], e.data["GroupCounter"]) for e in seen0] == [
+        ("change", 1, [{"Key": "db0", "Value": 1}]),
+        ("change", 2, [{"Key": "db0", "Value": 2}]),
+    ]
+    assert [(e.event, e.data["Version"], e.data["GroupCounter"]) for e in seen1] == [
+        ("change", 1, [{"Key": "db1", "Value": 1}]),
+        ("change", 2, [{"Key": "db1", "Value": 2}]),
+    ]
+    # Nor a destroy: the watcher on db 0 goes on with its own group.
+    assert on_db1.post("destroy_group", {"GroupId": "shared"})["ErrorCode"] == 0
+    assert watch1.events(1)[0].event == "destroyed"
+    assert on_db0.update("shared", {"db0": 3})["ErrorCode"] == 0
+    (event,) = watch0.events(1)
+    assert (event.event, event.data["Version"]) == ("change", 3)
+
+
+# ---- metrics (README, "Operations"): each moves with what it counts ----
+
+
+@pytest.fixture
+def tally(monkeypatch: pytest.MonkeyPatch) -> Tally:
+    """A fresh tally for the watch path and /metrics: the process's own one carries the
+    gauges of every earlier test's servers, so only a fresh one can show 1 then 0."""
+    fresh = Tally()
+    for module in (metrics_module, feeds_module, watch_module):
+        monkeypatch.setattr(module, "TALLY", fresh)
+    return fresh
+
+
+def exported(name: str, **labels: str) -> float:
+    """A sample of /metrics as Prometheus parses it (0 when the series is not there)."""
+    for family in text_string_to_metric_families(render()[0].decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_the_watcher_and_group_gauges_follow_streams_opening_and_closing(
+    live: tuple[Served, redis.Redis], tally: Tally
+) -> None:
+    served, _ = live
+    served.create("one")
+    served.create("two")
+    assert exported("group_counter_watchers") == 0
+    first = served.watch("one")
+    first.events(1)
+    assert exported("group_counter_watchers") == 1
+    assert exported("group_counter_watched_groups") == 1
+    more = [served.watch("one"), served.watch("two")]
+    for watch in more:
+        watch.events(1)
+    assert exported("group_counter_watchers") == 3
+    assert exported("group_counter_watched_groups") == 2, "two groups, one subscription each"
+    first.close()
+    wait_for(lambda: exported("group_counter_watchers") == 2, 5, "the watcher to leave")
+    assert exported("group_counter_watched_groups") == 2, "group one keeps a watcher"
+    for watch in more:
+        watch.close()
+    wait_for(lambda: exported("group_counter_watchers") == 0, 5, "every watcher to leave")
+    assert exported("group_counter_watched_groups") == 0
+    # A refused watch is no watcher, and a destroyed group's watchers leave with it.
+    assert served.watch("never-created").reply is not None
+    last = served.watch("two")
+    last.events(1)
+    served.post("destroy_group", {"GroupId": "two"})
+    assert [event.event for event in last.events(1)] == ["destroyed"]
+    wait_for(lambda: exported("group_counter_watchers") == 0, 5, "the destroyed group's watcher to leave")
+    assert exported("group_counter_watched_groups") == 0
+
+
+def test_a_watcher_cut_off_for_not_reading_is_counted_once(
+    live: tuple[Served, redis.Redis], tally: Tally
+) -> None:
+    served, _ = live
+    served.create("firehose")
+    feeds = feeds_of(served)
+    channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"), 0)
+    before = exported("group_counter_watchers_cut_off_total")
+    with socket.socket() as sock:  # a client that never reads
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.port))
+        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=firehose"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+        def attached() -> bool:
+            feed = feeds.feeds.get(channel)
+            return feed is not None and any(watcher.transport is not None for watcher in feed.watchers)
+
+        wait_for(attached, 5, "the watcher's stream")
+        # Loopback send buffers grow to megabytes on their own; the not-reading client's is
+        # pinned small so that the service's own bound, not the kernel's, is what fills.
+        (slow,) = feeds.feeds[channel].watchers
+        slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        reader = served.watch("firehose")  # reads, if only after the writes: never cut off
+        reader.events(1)
+        big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
+        deadline = time.monotonic() + 30
+        step = 0
+        while exported("group_counter_watchers_cut_off_total") == before:
+            assert time.monotonic() < deadline, "the slow watcher was never cut off"
+            served.update("firehose", {key: value + step for key, value in big.items()})
+            step += 1
+        assert exported("group_counter_watchers_cut_off_total") == before + 1
+        assert exported("group_counter_watchers") == 1, "the reader stays"
+        tape = Tape(version=0)
+        final = served.counters("firehose")
+        while tape.state != final:
+            event = reader.next()
+            assert event is not None
+            tape.play(event)
+        assert exported("group_counter_watchers_cut_off_total") == before + 1
+
+
+def test_each_resync_snapshot_sent_is_counted_with_its_reason(
+    live: tuple[Served, redis.Redis], tally: Tally
+) -> None:
+    served, inspector = live
+    gaps = exported("group_counter_resync_snapshots_total", reason="gap")
+    reconnects = exported("group_counter_resync_snapshots_total", reason="reconnect")
+    served.create("gappy")
+    served.update("gappy", {"a": 1})
+    watch = served.watch("gappy")
+    first = watch.events(1)[0]
+    _update_without_notice(inspector, "gappy", "b", 2)
+    served.update("gappy", {"c": 3})
+    assert watch.events(1)[0].data["Resync"] is True
+    assert exported("group_counter_resync_snapshots_total", reason="gap") == gaps + 1
+    # Back with an id the group has moved on from: one more, for that watcher alone.
+    again = served.watch("gappy", last_event_id=first.id)
+    current = again.events(1)[0]
+    assert current.data["Resync"] is True
+    assert exported("group_counter_resync_snapshots_total", reason="reconnect") == reconnects + 1
+    # A current id, or none at all, is no resync.
+    served.watch("gappy", last_event_id=current.id)
+    served.watch("gappy").events(1)
+    assert exported("group_counter_resync_snapshots_total", reason="reconnect") == reconnects + 1
+    assert exported("group_counter_resync_snapshots_total", reason="gap") == gaps + 1

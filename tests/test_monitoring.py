@@ -16,7 +16,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import service.metrics  # noqa: F401  (registers the service's metrics)
+from service.metrics import Tally
+from service.metrics import render as render_metrics
 from tests.test_deploy import DEPLOY, NAME, only, render
 
 MONITORING: Final = DEPLOY / "monitoring"
@@ -26,6 +27,9 @@ DASHBOARD: Final = MONITORING / "grafana-dashboard.json"
 SCRAPE_SERIES: Final = {"up"}
 PROMQL_KEYWORDS: Final = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
 PROMQL_KEYWORDS_BINARY: Final = {"and", "or", "unless", "offset"}
+# promtool's lint reads "counter" in a metric name as its type, and every name here starts
+# with the product's, group_counter_: that one finding is expected of each metric.
+PRODUCT_NAME_LINT: Final = re.compile(r"^group_counter_\w+ metric name should not include type 'counter'$")
 # The alerts the operations kit promises (README, "Operations kit").
 ALERTS: Final = {
     "GroupCounterErrorRatioHigh",
@@ -265,3 +269,26 @@ def test_production_renders_the_alerts_and_the_dashboard() -> None:
     dashboard = only(objects, "ConfigMap", "group-counter-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["grafana-dashboard.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_the_metrics_exposition_passes_promtool_check_metrics() -> None:
+    tally = Tally()  # one sample of every kind of metric, labelled ones included
+    tally.call("get_group_counter", 0, 0.002)
+    tally.redis_call("get_counters", 0.001)
+    tally.redis_error("get_counters")
+    tally.rejection("header_bytes")
+    tally.batch(3)
+    tally.watchers = 2
+    tally.watched_groups = 1
+    tally.watcher_left(cut_off=True)
+    tally.resync_snapshots("gap", 1)
+    tally.resync_snapshots("reconnect", 1)
+    tally.flush()
+    payload, _ = render_metrics()
+    result = subprocess.run(
+        [promtool(), "check", "metrics"], input=payload, capture_output=True, timeout=60, check=False
+    )
+    findings = (result.stdout + result.stderr).decode().splitlines()
+    assert result.returncode in (0, 3), findings  # 3: lint findings only, checked below
+    assert [line for line in findings if line and not PRODUCT_NAME_LINT.match(line)] == []
+    assert b'group_counter_resync_snapshots_total{reason="gap"}' in payload

@@ -32,6 +32,9 @@ class Transport(Protocol):
     # How a script announces a change on its group's channel: PUBLISH, or SPUBLISH on a
     # Cluster (the channel in the group's slot, so the notice stays on the group's node).
     publish_command: str
+    # The database the keys are in (SELECT; always 0 on a Cluster). Pub/sub ignores it,
+    # so the channels name it (`keys.changes_channel`).
+    db: int
 
     def subscriber(self) -> Subscriber:
         """The process's subscriber for live counters, made at the first watcher."""

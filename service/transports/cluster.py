@@ -61,6 +61,7 @@ class ClusterTransport:
     # Sharded: a notice goes only to the node of the group's slot (and its replicas),
     # not over the cluster bus to every node as a PUBLISH would.
     publish_command = "SPUBLISH"
+    db = 0
 
     _REDIRECTS: Final = 16
 

@@ -16,6 +16,7 @@ class RedisPyTransport:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self.db = int(client.connection_pool.connection_kwargs.get("db", 0))
 
     async def run_script(self, call: ScriptCall) -> ScriptReply:
         return await run_with_reload(self.client.execute_command, call)

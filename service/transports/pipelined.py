@@ -27,6 +27,7 @@ class PipelinedTransport:
         self.connection = PipelinedConnection(
             url, timeout=timeout, max_pending=max_pending, on_flush=on_flush
         )
+        self.db = url.db
 
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path: the coroutine itself, not one more of our own around it.

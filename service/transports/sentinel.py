@@ -57,6 +57,7 @@ class SentinelTransport:
             "retry": no_retry(),
         }
         self.master_name = url.master
+        self.db = url.db
         # (redis-py's Sentinel has no annotations.)
         self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
             url.hosts, sentinel_kwargs=dict(socket_kwargs)
