@@ -150,24 +150,25 @@ class OneWrite:
     event) still has the head sent at once.
     """
 
-    __slots__ = ("cycle", "held", "loop", "started", "transport")
+    __slots__ = ("cycle", "held", "loop", "transport")
 
     def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
         self.cycle = cycle
         self.loop = loop
         self.held: bytes | None = None
-        self.started = False
 
     def write(self, data: bytes) -> None:
         held = self.held
         if held is not None:
             self.held = None
             self.transport.write(held + data)
-        elif not self.started and self.cycle.response_started:
+        elif self.cycle is not None and self.cycle.response_started:
             # The cycle's first write since its response started: the head. (A "100
-            # Continue" comes before the response starts, and goes out at once.)
-            self.started = True
+            # Continue" comes before the response starts, and goes out at once.) The
+            # cycle and this refer to each other until now: let go, so that reference
+            # counting frees both at the end of the call, not the cyclic collector.
+            self.cycle = None
             self.held = data
             self.loop.call_soon(self.release)
         else:
