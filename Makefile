@@ -144,7 +144,7 @@ bench-tools: $(STAMP) redis-server
 	@command -v node >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; \
 	  else echo "node is missing: sudo apt-get install nodejs" >&2; exit 1; fi; }
-	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	@{ $(PY) -c 'import matplotlib' && test -x $(VENV)/bin/py-spy; } 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 
 .PHONY: bench  ## Benchmark vs the ceiling app: BENCHMARKS.md with the table, targets and chart
 bench: $(STAMP) redis-server bench-tools
@@ -157,6 +157,15 @@ REF ?= HEAD~1
 .PHONY: bench-compare  ## The service at REF (default HEAD~1) against the service now, side by side
 bench-compare: $(STAMP) redis-server
 	$(PY) -m tests.bench.compare --ref $(REF) $(BENCH_ARGS)
+
+# make profile [PROFILE_ARGS='--workload live --watchers 10000']: where one worker's time goes
+# under a bench load: its user/kernel CPU, py-spy's files and lines, perf's shared objects
+# (when the machine has perf). Workloads: update (the default config), update-warning, get, live.
+PROFILE_ARGS ?=
+
+.PHONY: profile  ## Profile one worker under a bench load (py-spy; perf when present)
+profile: $(STAMP) redis-server bench-tools
+	$(PY) -m tests.bench.profile $(PROFILE_ARGS)
 
 .PHONY: bench-soak  ## 5-minute load on one worker: its RSS growth, into BENCHMARKS.md
 bench-soak: $(STAMP) redis-server bench-tools

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +40,7 @@ from tests.bench.run import (
     BenchError,
     Cpus,
     Ledger,
+    Server,
     WrkResult,
     create_groups,
     group_ids,
@@ -69,13 +71,23 @@ def _live_config(path: Path, redis_url: str, live: bool) -> None:
 
 
 def delivery(
-    redis_url: str, workdir: Path, usersig: str, cpus: Cpus, watchers: int, rate: float, seconds: float
+    redis_url: str,
+    workdir: Path,
+    usersig: str,
+    cpus: Cpus,
+    watchers: int,
+    rate: float,
+    seconds: float,
+    on_start: Callable[[Server], None] | None = None,
 ) -> dict[str, Any]:
+    """`on_start` is told the service once it runs (`make profile` samples it)."""
     config = workdir / f"live-{watchers}.toml"
     _live_config(config, redis_url, live=True)
     service = service_server(config, workdir, tag=f"live-{watchers}")
     with running(service):
         service.start(cpus.server)
+        if on_start is not None:
+            on_start(service)
         group = f"{LIVE_GROUP}-{watchers}"
         create_groups(service.port, usersig, [group])
         time.sleep(0.5)
