@@ -160,7 +160,7 @@ bench-compare: $(STAMP) redis-server
 
 # make profile [PROFILE_ARGS='--workload live --watchers 10000']: where one worker's time goes
 # under a bench load: its user/kernel CPU, py-spy's files and lines, perf's shared objects
-# (when the machine has perf). Workloads: update (the default config), update-warning, get, live.
+# (when the machine has perf). Workloads: update (the default config), update-warning, get, cluster, live.
 PROFILE_ARGS ?=
 
 .PHONY: profile  ## Profile one worker under a bench load (py-spy; perf when present)

@@ -22,7 +22,7 @@ def open_transport(
     if parsed.scheme in CLUSTER:
         from service.transports.cluster import ClusterTransport
 
-        return ClusterTransport(parsed, timeout=timeout, max_pending=max_pending)
+        return ClusterTransport(parsed, timeout=timeout, max_pending=max_pending, on_flush=on_flush)
     if parsed.scheme in SENTINEL:
         from service.transports.sentinel import SentinelTransport
 

@@ -1,22 +1,25 @@
-"""redis+cluster:// and rediss+cluster:// over redis-py's asyncio cluster client.
+"""redis+cluster:// and rediss+cluster:// : redis-py's slot map, our pipelined connections.
 
-redis-py keeps the slot map and a connection pool per node, with one connection per
-call in flight (so a reply cannot reach another call); nothing sends a script call
-twice once it may have run: every Retry is `no_retry()`, and script calls do not go
-through `RedisCluster.execute_command` (which retries ConnectionError and TimeoutError)
-but through `ClusterTransport._call`. At most `_MAX_CONNECTIONS` calls run at once per
-node; the rest wait for a turn within the timeout, and beyond `max_pending` waiting
-calls answer 10002 at once.
+redis-py's asyncio cluster client keeps the slot map (and serves the few calls off the
+hot path: PING, SCAN, CONFIG GET). Script calls go to the node that owns the key's slot
+over one `PipelinedConnection` per node, the single-Redis fast path: redis-py's own
+path (a pooled connection per call in flight, stream reads, a retry wrapper) cost a
+Cluster call more than twice a single Redis call's CPU (`make profile`). Nothing sends
+a script call twice once it may have run: redis-py's Retry is `no_retry()`, and a
+pipelined connection never resends. Beyond `max_pending` calls waiting on a node, a
+call answers 10002 at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
 
-from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -30,26 +33,25 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.scripts import ScriptArg, ScriptCall, ScriptReply
 from service.transports.base import Gate, is_connection_fault, no_retry, run_with_reload, scan_reply
+from service.transports.connection import PipelinedConnection
 from service.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.urls import RedisUrl
 
 log = logging.getLogger("service.transports.cluster")
 
-# Calls in flight at once, hence connections per node.
-_MAX_CONNECTIONS: Final = 128
+# Connections per node of redis-py's own pool (PING, SCAN, CONFIG GET; not script calls).
+_MAX_CONNECTIONS: Final = 16
 
 
 class ClusterTransport:
-    """redis+cluster:// and rediss+cluster:// over redis-py's asyncio cluster client.
+    """redis+cluster:// and rediss+cluster:// : script calls over a pipelined connection per node.
 
-    redis-py keeps the slot map and a connection pool per node; the routing of a script
-    call is done here, so that what is retried is exactly what did not run:
+    redis-py keeps the slot map; the routing of a script call is done here, so that what
+    is retried is exactly what did not run:
 
     - MOVED: the slot map learns the new owner and the call goes there.
-    - ASK (a slot half migrated): ASKING and the call go to the named node in one write
-      on one connection. (redis-py's own ASK handling sends ASKING and the command on
-      whichever pooled connections come first, which under load bounces until it
-      gives up.)
+    - ASK (a slot half migrated): ASKING and the call go to the named node adjacent on
+      one connection.
     - TRYAGAIN (a multi-key command during a migration; not ours today): a short pause.
     - NOSCRIPT: one EVAL of the same script on the same key (`run_with_reload`).
     - A broken connection, a timeout, CLUSTERDOWN, READONLY, LOADING, MASTERDOWN:
@@ -65,7 +67,14 @@ class ClusterTransport:
 
     _REDIRECTS: Final = 16
 
-    def __init__(self, url: RedisUrl, *, timeout: float, max_pending: int) -> None:
+    def __init__(
+        self,
+        url: RedisUrl,
+        *,
+        timeout: float,
+        max_pending: int,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
         kwargs: dict[str, Any] = {}
         if url.tls:
             kwargs["ssl"] = True
@@ -88,6 +97,9 @@ class ClusterTransport:
         )
         self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
         self._timeout = timeout
+        self._max_pending = max_pending
+        self._on_flush = on_flush
+        self._connections: dict[str, PipelinedConnection] = {}
         self._stale = True
         self._refreshing = asyncio.Lock()
         self._url = url
@@ -109,10 +121,11 @@ class ClusterTransport:
         return self.client.nodes_manager
 
     async def run_script(self, call: ScriptCall) -> ScriptReply:
-        # One bound for all of a call: its turn, a slot-map refresh, redirects, the reply.
-        # A cancelled redis-py call disconnects its connection: no reply is left behind.
+        # One bound for all of a call: a slot-map refresh, redirects, the reply. A call
+        # that times out leaves its future in its link's queue: its reply, when it
+        # comes, is read and dropped there, so no reply reaches another call.
         try:
-            async with asyncio.timeout(self._timeout), self._gate:
+            async with asyncio.timeout(self._timeout):
                 # NOSCRIPT's EVAL goes to the same key, hence the node that owns its slot.
                 return await run_with_reload(partial(self._call, call.keys[0]), call)
         except TimeoutError:
@@ -130,10 +143,11 @@ class ClusterTransport:
         asking = False
         for _ in range(self._REDIRECTS):
             assert node is not None
+            connection = self._connection(node)
             try:
                 if asking:
-                    return await self._asking(node, command)
-                return await node.execute_command(*command)
+                    return await connection.execute_asking(*command)
+                return await connection.execute(*command)
             except MovedError as exc:  # did not run: the slot has a new owner
                 await nodes.move_slot(exc)
                 node, asking = nodes.get_node_from_slot(slot), False
@@ -147,23 +161,20 @@ class ClusterTransport:
             except RedisError as exc:
                 if not (is_connection_fault(exc) or isinstance(exc, ClusterDownError)):
                     raise
-                # May have run: raised, never retried. Drop this node's connections
-                # and read the slot map again before the next call.
-                node.update_active_connections_for_reconnect()
-                await node.disconnect_free_connections()
+                # May have run: raised, never retried. (The connection replaces a link
+                # that failed.) Read the slot map again before the next call.
                 self._stale = True
                 raise
         raise ClusterError(f"more than {self._REDIRECTS} MOVED/ASK redirects for slot {slot}")
 
-    @staticmethod
-    async def _asking(node: ClusterNode, command: tuple[ScriptArg, ...]) -> Any:
-        """ASKING and the command on one connection, in one write."""
-        asking, call = PipelineCommand(0, "ASKING"), PipelineCommand(1, *command)
-        await node.execute_pipeline([asking, call])
-        for result in (asking.result, call.result):
-            if isinstance(result, Exception):
-                raise result
-        return call.result
+    def _connection(self, node: ClusterNode) -> PipelinedConnection:
+        connection = self._connections.get(node.name)
+        if connection is None:
+            url = dataclasses.replace(self._url, hosts=[(node.host, int(node.port))], db=0)
+            connection = self._connections[node.name] = PipelinedConnection(
+                url, timeout=self._timeout, max_pending=self._max_pending, on_flush=self._on_flush
+            )
+        return connection
 
     def subscriber(self) -> Subscriber:
         async def locate(channel: str) -> Address:
@@ -230,4 +241,6 @@ class ClusterTransport:
         return next(iter(values.values()), "")
 
     async def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
         await self.client.aclose()

@@ -37,8 +37,16 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import hiredis
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.transports.base import SERVER_FAULTS
@@ -56,10 +64,23 @@ _KEEPALIVE: Final = (
 )
 
 
+# A Cluster's redirections, as redis-py's parser names them (the reply minus its code).
+_REDIRECTS: Final[dict[str, type[RedisError]]] = {
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+}
+
+
 def reply_error(message: str) -> RedisError:
     """The redis-py exception for an error reply, so callers catch one family."""
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
+    code, _, rest = message.partition(" ")
+    redirect = _REDIRECTS.get(code)
+    if redirect is not None:
+        return redirect(rest)
     if message.startswith(SERVER_FAULTS):  # they close the link; the next call reconnects
         return RedisConnectionError(f"redis cannot serve: {message}")
     return ResponseError(message)
@@ -257,6 +278,23 @@ class PipelinedConnection:
             return await asyncio.wait_for(link.send(_pack(args)), max(remaining, 0.001))
         except TimeoutError:
             raise RedisTimeoutError(f"redis did not answer within {self.timeout} s") from None
+
+    async def execute_asking(self, *args: Any) -> Any:
+        """ASKING and then the command, adjacent on one link: a Cluster slot half migrated.
+
+        Both are queued in one synchronous step, so no other call's command can come
+        between them (Redis applies ASKING to the client's next command only)."""
+        if self._link is None:
+            await self.execute("PING")  # a live link first, within the usual bounds
+        link = self._link
+        if link is None:
+            raise RedisConnectionError("the redis connection closed before the command was sent")
+        asking, reply = link.send(_pack(("ASKING",))), link.send(_pack(args))
+        outcomes = await asyncio.gather(asking, reply, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes[1]
 
     async def _connect(self) -> _Link:
         # Concurrent callers share one connection attempt.

@@ -1,6 +1,6 @@
 """`make profile`: where a worker's time goes under one of `make bench`'s loads.
 
-python -m tests.bench.profile [--workload update|update-warning|get|live] [--seconds S]
+python -m tests.bench.profile [--workload update|update-warning|get|cluster|live] [--seconds S]
                               [--watchers N]
 
 The service runs as in `make bench` (one worker pinned to one CPU; redis-server and the
@@ -14,7 +14,8 @@ load on the other), and while the load runs this samples the worker three ways:
   (the interpreter, the kernel, uvloop, httptools...).
 
 `update` is the headline load (the default config: an access line per call),
-`update-warning` the same with log_level = "warning", `get` get_group_counter, and
+`update-warning` the same with log_level = "warning", `get` get_group_counter,
+`cluster` the update load on a 3-master Redis Cluster started here, and
 `live` the live-counter delivery run with --watchers watchers of one group. Prints a
 report; writes nothing. BENCHMARKS.md's gaps are explained from its output
 (docs/performance.md).
@@ -46,6 +47,7 @@ from tests.bench.run import (
     Server,
     create_groups,
     group_ids,
+    pin,
     run_wrk,
     running,
     service_server,
@@ -184,11 +186,32 @@ def print_report(title: str, sampler: Sampler, outcome: str) -> None:
             print(f"  {share:6.1%}  {name}")
 
 
-def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> None:
-    redis_server = start_redis(cpus)
+@contextmanager
+def redis_for(workload: str, cpus: Cpus) -> Iterator[str]:
+    """The Redis URL the workload runs on: the bench's redis-server, or a 3-master Cluster."""
+    if workload != "cluster":
+        server = start_redis(cpus)
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    from tests.topologies import Cluster
+
+    cluster = Cluster().start()
     try:
+        for node in cluster.nodes:
+            assert node.process is not None
+            pin(node.process.pid, cpus.load)
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> None:
+    with redis_for(workload, cpus) as redis_url:
         config = workdir / "bench.toml"
-        write_config(config, redis_server.url, log_level="warning" if workload == "update-warning" else None)
+        write_config(config, redis_url, log_level="warning" if workload == "update-warning" else None)
         usersig = mint_usersig(SDKAPPID, SECRET_KEY, ADMIN, expire=86400)
         service = service_server(config, workdir)
         with running(service):
@@ -206,8 +229,6 @@ def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> Non
                 sampler,
                 f"wrk, 64 connections, {GROUPS:,} groups",
             )
-    finally:
-        redis_server.stop()
 
 
 def _script(name: str) -> dict[str, Any]:
@@ -260,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench.profile", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--workload", default="update", choices=["update", "update-warning", "get", "live"])
+    parser.add_argument(
+        "--workload", default="update", choices=["update", "update-warning", "get", "cluster", "live"]
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="the sampling window")
     parser.add_argument("--watchers", type=int, default=10_000, help="watchers, for --workload live")
     args = parser.parse_args(argv)
