@@ -403,10 +403,12 @@ def test_resource_requests_match_the_measured_use(kustomization: str) -> None:
     # One process uses at most one core: a request above it would never be used.
     assert request_cpu <= cpu_cores(resources["limits"]["cpu"]) <= 1
     # The HPA adds a pod at 70% of the request: that must be real load (thousands of calls/s
-    # per pod), not the idle hum a 100m request is.
+    # per pod), not the idle hum a 100m request is. The bench's figure moves with the
+    # machine's speed on the day (13,700 to 27,000 calls/s per core for the same code on
+    # the bench machine), hence a floor well below what it usually shows.
     [metric] = only(objects, "HorizontalPodAutoscaler", NAME)["spec"]["metrics"]
     scale_out_calls = request_cpu * metric["resource"]["target"]["averageUtilization"] / 100 * calls_per_core
-    assert scale_out_calls >= 5000, f"the HPA scales out at about {scale_out_calls:.0f} calls/s per pod"
+    assert scale_out_calls >= 3000, f"the HPA scales out at about {scale_out_calls:.0f} calls/s per pod"
     # Memory: the request covers the measured resident set, the limit twice that.
     assert memory_bytes(resources["requests"]["memory"]) >= 1.5 * rss
     assert memory_bytes(resources["limits"]["memory"]) >= 2 * memory_bytes(resources["requests"]["memory"])

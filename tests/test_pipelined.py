@@ -231,7 +231,9 @@ def test_replies_overdue_past_the_timeout_drop_the_connection_and_the_next_call_
     first, again, connects = asyncio.run(scenario())
     assert all(isinstance(result, RedisTimeoutError | RedisConnectionError) for result in first)
     assert isinstance(first[0], RedisTimeoutError)
-    assert isinstance(again, RedisTimeoutError)
+    # A new link, silent too: the call times out (or, on a machine so loaded that the
+    # new link's handshake overruns, fails as a connection error), never queued behind.
+    assert isinstance(again, RedisTimeoutError | RedisConnectionError)
     assert connects == 2
 
 

@@ -294,7 +294,13 @@ def render(live: dict[str, Any]) -> list[str]:
             f"{publication_data['spread']:.2f}).",
         ]
     out += ["", "| target | this run |", "|---|---|"]
-    out += [f"| {target} | {result} |" for target, result in target_rows(live)]
+    rows = target_rows(live)
+    out += [f"| {target} | {result} |" for target, result in rows]
+    if any("not met" in result for _, result in rows):
+        out += [
+            "",
+            "[docs/performance.md](docs/performance.md) explains the gap with a profile (`make profile`).",
+        ]
     out.append("")
     return out
 

@@ -870,7 +870,16 @@ def render(data: dict[str, Any], chart_link: str | None) -> str:
 
     out += ["", *render_rows(data)]
     out += ["## Targets", ""]
-    out += table(["#", "target", "this run"], [list(row) for row in target_rows(data)])
+    targets = target_rows(data)
+    out += table(["#", "target", "this run"], [list(row) for row in targets])
+    missed = [number for number, _, verdict in targets if "not met" in verdict]
+    if missed:
+        out += [
+            "",
+            f"Not met in this run: {', '.join(f'#{number}' for number in missed)}. "
+            "[docs/performance.md](docs/performance.md) explains each gap with a profile "
+            "(`make profile`: where the worker's time goes under that load).",
+        ]
     out += ["", *render_memory(data["memory"])]
     exact = data["exactness"]
     out += [
