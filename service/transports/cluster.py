@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
-from functools import partial
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -120,20 +120,21 @@ class ClusterTransport:
                     self._stale = False
         return self.client.nodes_manager
 
-    async def run_script(self, call: ScriptCall) -> ScriptReply:
-        # One bound for all of a call: a slot-map refresh, redirects, the reply. A call
-        # that times out leaves its future in its link's queue: its reply, when it
-        # comes, is read and dropped there, so no reply reaches another call.
-        try:
-            async with asyncio.timeout(self._timeout):
-                # NOSCRIPT's EVAL goes to the same key, hence the node that owns its slot.
-                return await run_with_reload(partial(self._call, call.keys[0]), call)
-        except TimeoutError:
-            self._stale = True
-            raise RedisTimeoutError(f"redis did not answer within {self._timeout} s") from None
+    def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
+        # The hot path, as the single-Redis one: the coroutine itself, nothing around it.
+        # NOSCRIPT's EVAL names the same key, hence goes to the node that owns its slot.
+        return run_with_reload(self._call, call)
 
-    async def _call(self, key: str, *command: ScriptArg) -> Any:
-        nodes = await self._slot_map()
+    async def _call(self, *command: ScriptArg) -> Any:
+        """EVALSHA/EVAL (command[3] is the first key) on the node that owns the key's slot.
+
+        Each attempt is bounded by its connection's `timeout` (a link whose replies are
+        overdue fails its calls); redirects and TRYAGAIN pauses stop at one `timeout`
+        from the start. A call that times out leaves its future in its link's queue:
+        its reply, when it comes, is read and dropped there, never handed to another."""
+        key = command[3]
+        deadline = time.monotonic() + self._timeout
+        nodes = self.client.nodes_manager if not self._stale else await self._slot_map()
         slot = self.client.keyslot(key)
         try:
             node: ClusterNode | None = nodes.get_node_from_slot(slot)
@@ -165,6 +166,9 @@ class ClusterTransport:
                 # that failed.) Read the slot map again before the next call.
                 self._stale = True
                 raise
+            if time.monotonic() > deadline:  # only after a redirect or a TRYAGAIN
+                self._stale = True
+                raise RedisTimeoutError(f"redis did not answer within {self._timeout} s")
         raise ClusterError(f"more than {self._REDIRECTS} MOVED/ASK redirects for slot {slot}")
 
     def _connection(self, node: ClusterNode) -> PipelinedConnection:
