@@ -122,10 +122,10 @@ class Watcher:
         "writer",
     )
 
-    def __init__(self, limit: int, seen: int = 0) -> None:
+    def __init__(self, limit: int) -> None:
         self.frames: list[bytes] = []
         self.size = 0
-        self.seen = seen  # the feed's sequence number of the next frame this watcher needs
+        self.seen = 0  # the feed's number of the next frame this watcher needs (`Feed.add` sets it)
         self.limit = limit
         self.ended = False
         self.overflowed = False

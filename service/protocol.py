@@ -138,7 +138,6 @@ def release_memory() -> None:
         _TRIM(0)
 
 
-# Where a connection is; the sweep times how long it stays in one phase of one request.
 class OneWrite:
     """A response's view of its connection: the head goes out with the first body write.
 
@@ -189,6 +188,7 @@ class OneWrite:
         self.transport.close()
 
 
+# Where a connection is; the sweep times how long it stays in one phase of one request.
 _IDLE: Final = 0  # between requests (or before the first): keepalive_timeout
 _HEADERS: Final = 1  # a request has begun, its headers have not ended: header_timeout
 _BODY: Final = 2  # its headers have ended, its body has not: body_timeout

@@ -64,8 +64,9 @@ _KEEPALIVE: Final = (
 )
 
 
-# A Cluster's redirections, as redis-py's parser names them (the reply minus its code).
-_REDIRECTS: Final[dict[str, type[RedisError]]] = {
+# A Cluster's redirections and refusals, as redis-py's parser names them (built from the
+# reply minus its code), so ClusterTransport routes on the same exceptions as before.
+_CLUSTER_REPLIES: Final[dict[str, type[RedisError]]] = {
     "MOVED": MovedError,
     "ASK": AskError,
     "TRYAGAIN": TryAgainError,
@@ -78,9 +79,9 @@ def reply_error(message: str) -> RedisError:
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
     code, _, rest = message.partition(" ")
-    redirect = _REDIRECTS.get(code)
-    if redirect is not None:
-        return redirect(rest)
+    cluster_reply = _CLUSTER_REPLIES.get(code)
+    if cluster_reply is not None:
+        return cluster_reply(rest)
     if message.startswith(SERVER_FAULTS):  # they close the link; the next call reconnects
         return RedisConnectionError(f"redis cannot serve: {message}")
     return ResponseError(message)
