@@ -606,7 +606,9 @@ class Feeds:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        for feed in list(self.feeds.values()):
+        for feed in self.feeds.values():
             feed._out_of_sync()
+        TALLY.watched_groups -= len(self.feeds)
+        self.feeds.clear()
         if self._subscriber is not None:
             await self._subscriber.close()

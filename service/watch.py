@@ -19,6 +19,7 @@ The frames are a dozen lines of the SSE format (`feeds._frame`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Final
@@ -50,6 +51,8 @@ _HEADERS: Final = [
 ]
 # Sent first: how long an EventSource waits before it reconnects (ms).
 _PREAMBLE: Final = b"retry: 1000\n\n"
+# How long a cut-off stream waits for the server to notice its connection is gone.
+_ABORT_NOTICE_SECONDS: Final = 1.0
 
 
 def _group_id(query_string: bytes) -> str:
@@ -146,6 +149,10 @@ class WatchEndpoint:
             elif watcher.overflowed and watcher.transport is not None:
                 # Closed now with what it holds: a close would wait for a reader that does not read.
                 watcher.transport.abort()
+                # The server learns of the abort a loop step later; an app that returned
+                # before that would be logged as one that left its response unfinished.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(gone), _ABORT_NOTICE_SECONDS)
         finally:
             gone.cancel()
             if watcher.writer is not None:

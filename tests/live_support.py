@@ -35,7 +35,14 @@ class Event:
 class Served:
     port: int
     server: uvicorn.Server
+    thread: threading.Thread
     opened: list[Watch] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Shut the server down as a signal would, whatever streams are open."""
+        self.server.should_exit = True
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
 
     def post(self, command: str, body: dict[str, Any], sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -146,7 +153,7 @@ def serving(settings: Settings, store: Store) -> Iterator[Served]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         assert thread.is_alive(), "uvicorn stopped"
         time.sleep(0.01)
-    served = Served(port, server)
+    served = Served(port, server, thread)
     try:
         yield served
     finally:

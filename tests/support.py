@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import logging
 import os
 import shutil
@@ -235,6 +237,16 @@ class ServiceProcess:
     def stop(self, seconds: float = 20.0) -> int:
         """SIGTERM, then SIGKILL after `seconds`; the exit code."""
         return stop_process(self.process, seconds)
+
+    def post(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One command as the registered app's admin, over plain HTTP; its JSON reply."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("POST", f"/v4/group_open_http_svc/{command}?{query()}", json.dumps(body))
+            reply: dict[str, Any] = json.loads(connection.getresponse().read())
+            return reply
+        finally:
+            connection.close()
 
 
 def usersig_for(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **kwargs: Any) -> str:

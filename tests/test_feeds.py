@@ -14,6 +14,7 @@ import pytest
 
 from service import feeds as feeds_module
 from service.feeds import Feeds, Watcher
+from service.metrics import Tally
 from service.scripts import ScriptCall
 from service.store import Store
 from service.transports.subscriber import Listener
@@ -159,6 +160,27 @@ def test_the_last_watcher_leaving_drops_the_subscription() -> None:
         feeds.leave(CHANNEL, watchers[2])
         assert store.subscriber_made.unsubscribed == [CHANNEL]
         assert CHANNEL not in feeds.feeds
+
+    asyncio.run(scenario())
+
+
+def test_closing_the_feeds_ends_every_watcher_and_lets_every_group_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tally = Tally()
+    monkeypatch.setattr(feeds_module, "TALLY", tally)
+
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        watchers = [await _joined(store, feeds), await feeds.join(CHANNEL, "{1:g}", "g", "1", None)]
+        assert tally.watched_groups == 1
+        await feeds.close()
+        assert all(watcher.ended for watcher in watchers)
+        assert tally.watched_groups == 0
+        assert feeds.feeds == {}
+        feeds.leave(CHANNEL, watchers[0])  # what each stream's endpoint does as it ends
+        assert tally.watched_groups == 0
 
     asyncio.run(scenario())
 

@@ -7,11 +7,13 @@ the embedded store and a real three-master Cluster, like the contract tests.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import fakeredis
@@ -32,7 +34,8 @@ from service.metrics import Tally, render
 from service.scripts import UPDATE_COUNTERS
 from service.store import Store, open_store
 from service.transports.embedded import RedisPyTransport
-from tests.live_support import Served, Tape, serving
+from tests.hostile import service_on_redis
+from tests.live_support import Served, Tape, Watch, serving
 from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, RedisServer, query, usersig_for
 from tests.topologies import Cluster, wait_for
 
@@ -694,18 +697,44 @@ def test_the_watcher_and_group_gauges_follow_streams_opening_and_closing(
     assert exported("group_counter_watched_groups") == 0
 
 
-def test_a_watcher_cut_off_for_not_reading_is_counted_once(
-    live: tuple[Served, redis.Redis], tally: Tally
-) -> None:
-    served, _ = live
-    served.create("firehose")
+def test_sigterm_ends_every_stream_at_once_and_the_service_exits_zero(tmp_path: Path) -> None:
+    # A graceful timeout far longer than the test: the streams must end at the signal,
+    # not when uvicorn's patience runs out.
+    with service_on_redis(tmp_path, "live_counters = true\n", ("--graceful-timeout", "60")) as one:
+        created = one.post("create_group", {"Type": "Public", "Name": "g", "GroupId": "g1"})
+        assert created["ErrorCode"] == 0, created
+        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=g1"
+        streams = []
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", one.port), timeout=10)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            received = b""
+            while b"event: snapshot" not in received:
+                received += sock.recv(65536)
+            streams.append(sock)
+        one.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        for sock in streams:
+            with sock:
+                while sock.recv(65536):  # to the end of the stream
+                    pass
+        assert one.process.wait(10) == 0
+        assert time.monotonic() - signalled < 5
+        log_text = one.log.read_text(errors="replace")
+        assert "Traceback" not in log_text, log_text[-3000:]
+        assert "ERROR" not in log_text, log_text[-3000:]
+
+
+def _cut_off_a_watcher_that_never_reads(served: Served, group_id: str) -> Watch:
+    """Streams `group_id` to a client that never reads until the service cuts it off;
+    returns a watcher of the group that reads, which must stay."""
     feeds = feeds_of(served)
-    channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"), 0)
+    channel = changes_channel(group_key_text(REGISTERED_APP, group_id), 0)
     before = exported("group_counter_watchers_cut_off_total")
-    with socket.socket() as sock:  # a client that never reads
+    with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", served.port))
-        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=firehose"
+        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId={group_id}"
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
         def attached() -> bool:
@@ -717,24 +746,46 @@ def test_a_watcher_cut_off_for_not_reading_is_counted_once(
         # pinned small so that the service's own bound, not the kernel's, is what fills.
         (slow,) = feeds.feeds[channel].watchers
         slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        reader = served.watch("firehose")  # reads, if only after the writes: never cut off
+        reader = served.watch(group_id)  # reads, if only after the writes: never cut off
         reader.events(1)
         big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
         deadline = time.monotonic() + 30
         step = 0
         while exported("group_counter_watchers_cut_off_total") == before:
             assert time.monotonic() < deadline, "the slow watcher was never cut off"
-            served.update("firehose", {key: value + step for key, value in big.items()})
+            served.update(group_id, {key: value + step for key, value in big.items()})
             step += 1
-        assert exported("group_counter_watchers_cut_off_total") == before + 1
-        assert exported("group_counter_watchers") == 1, "the reader stays"
-        tape = Tape(version=0)
-        final = served.counters("firehose")
-        while tape.state != final:
-            event = reader.next()
-            assert event is not None
-            tape.play(event)
-        assert exported("group_counter_watchers_cut_off_total") == before + 1
+        wait_for(lambda: len(feeds.feeds[channel].watchers) == 1, 5, "the slow watcher's stream to end")
+    return reader
+
+
+def test_a_watcher_cut_off_for_not_reading_is_counted_once(
+    live: tuple[Served, redis.Redis], tally: Tally
+) -> None:
+    served, _ = live
+    served.create("firehose")
+    before = exported("group_counter_watchers_cut_off_total")
+    reader = _cut_off_a_watcher_that_never_reads(served, "firehose")
+    assert exported("group_counter_watchers_cut_off_total") == before + 1
+    assert exported("group_counter_watchers") == 1, "the reader stays"
+    tape = Tape(version=0)
+    final = served.counters("firehose")
+    while tape.state != final:
+        event = reader.next()
+        assert event is not None
+        tape.play(event)
+    assert exported("group_counter_watchers_cut_off_total") == before + 1
+
+
+def test_a_watcher_cut_off_ends_its_response_without_a_server_error(
+    live: tuple[Served, redis.Redis], tally: Tally, caplog: pytest.LogCaptureFixture
+) -> None:
+    served, _ = live
+    served.create("firehose")
+    _cut_off_a_watcher_that_never_reads(served, "firehose")
+    time.sleep(0.2)  # the server's complaint, if any, comes once the endpoint has returned
+    # uvicorn's own loggers: what the server says of an app that left a response unfinished.
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("uvicorn")] == []
 
 
 def test_each_resync_snapshot_sent_is_counted_with_its_reason(
