@@ -8,7 +8,9 @@ everything else (redis-server, wrk, the watcher client) to the other, as `make b
 1. delivery: for each watcher count, one service (one worker) with that many watchers of
    one group (tests/bench/watchers.py), updated at `--rate` calls/s for `--seconds`:
    latency from each update's acknowledgement to its arrival at 100 probe watchers, p50
-   and p99, and every version each probe missed (must be none);
+   and p99, and every version each probe missed (must be none); then, beside it, the
+   machine's floor for that many watchers (tests/bench/floor.py): the median time of
+   one bare write to each of as many loopback sockets, the least a pass can take;
 2. memory: the worker's VmRSS with the watchers connected and idle, against before they
    connected, per watcher;
 3. publication: wrk's update workload (`make bench`'s) on a service with
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from service.auth import mint_usersig
+from tests.bench.floor import floor_pass
 from tests.bench.run import (
     ADMIN,
     NOISY_SPREAD,
@@ -193,15 +196,18 @@ def live_phase(
     rounds: int,
     duration: int,
     groups: int,
+    floor_seconds: float = 5.0,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"delivery": []}
     for count in watcher_counts:
         print(f"live: {count:,} watchers, {rate:.0f} updates/s for {seconds:.0f} s", flush=True)
         point = delivery(redis_url, workdir, usersig, cpus, count, rate, seconds)
+        point["floor"] = floor_pass(cpus, count, seconds=floor_seconds)
         print(
             f"live: {count:,} watchers: p50 {point['p50_ms']:.1f} ms, p99 {point['p99_ms']:.1f} ms, "
             f"missing {point['missing']}, cut off {point['cut_off']}, "
-            f"{point['rss_per_watcher_bytes'] / 1024:.1f} KiB RSS per watcher",
+            f"{point['rss_per_watcher_bytes'] / 1024:.1f} KiB RSS per watcher; "
+            f"the machine's floor: a bare pass over {count:,} sockets {point['floor']['pass_ms']:.1f} ms",
             flush=True,
         )
         data["delivery"].append(point)
@@ -224,11 +230,20 @@ def target_rows(live: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
         ok = largest["watchers"] >= 10_000 and largest["p99_ms"] <= 100 and not largest["missing"]
+        floor = largest.get("floor")
+        below = (
+            f"; this machine's floor, one bare write to each of {largest['watchers']:,} sockets, "
+            f"is {floor['pass_ms']:.1f} ms a pass"
+            + (" (over the target itself)" if floor["pass_ms"] > 100 else "")
+            if floor
+            else ""
+        )
         rows.append(
             (
                 TARGETS["delivery"],
                 f"p99 {largest['p99_ms']:.1f} ms, {largest['missing']} missed — "
-                + ("met" if ok else "**not met**"),
+                + ("met" if ok else "**not met**")
+                + below,
             )
         )
     publication_data = live.get("publication")
@@ -256,18 +271,25 @@ def render(live: dict[str, Any]) -> list[str]:
         "watchers (a notice can arrive before the writer reads its own reply: such latencies count as "
         "negative). **RSS per watcher**: the worker's VmRSS with the watchers connected and idle, minus "
         "before they connected, over N. **Publication**: `make bench`'s wrk update workload on a service "
-        "with `live_counters = true` (no watchers) and one with `false`, pairs of runs in alternating order.",
+        "with `live_counters = true` (no watchers) and one with `false`, pairs of runs in alternating order. "
+        "**Floor**: right after each delivery run, tests/bench/floor.py: a bare loop of one 2 KiB "
+        "os.write to each of as many loopback sockets, pinned like the service, read like the "
+        "watchers; its median pass is the least time in which any one process can write once to "
+        "every watcher, so the least p99 a server that delivers within one pass can show.",
         "",
         "| watchers | updates/s | p50 (ms) | p99 (ms) | max (ms) | missed versions | cut off "
-        "| RSS per watcher |",
-        "|---|---|---|---|---|---|---|---|",
+        "| RSS per watcher | floor: bare pass (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for point in live.get("delivery", []):
+        floor = point.get("floor")
+        floor_ms = f"{floor['pass_ms']:.1f}" if floor else "—"
         out.append(
             f"| {point['watchers']:,} | {point['achieved_rate']:.0f} | {point['p50_ms']:.1f} "
             f"| {point['p99_ms']:.1f} "
             f"| {point['max_ms']:.1f} | {point['missing']} | {point['cut_off']} "
-            f"| {point['rss_per_watcher_bytes'] / 1024:.1f} KiB |"
+            f"| {point['rss_per_watcher_bytes'] / 1024:.1f} KiB "
+            f"| {floor_ms} |"
         )
     publication_data = live.get("publication")
     if publication_data:

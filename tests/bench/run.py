@@ -1200,6 +1200,7 @@ def measure(options: Options, command: str) -> dict[str, Any]:
                         watcher_counts=options.live_watchers,
                         rate=20.0 if options.smoke else 100.0,
                         seconds=1.0 if options.smoke else 10.0,
+                        floor_seconds=0.5 if options.smoke else 5.0,
                         rounds=options.rounds,
                         duration=options.duration,
                         groups=options.groups,
