@@ -76,8 +76,8 @@ async def pong_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 def echo_server(*, after: int = 0, then: bytes = b"") -> Handler:
-    """A Redis that answers PING and ECHO; after `after` commands it sends `then` instead
-    of the reply (an error line, say) and closes."""
+    """A Redis that answers PING, ASKING and ECHO; after `after` commands it sends `then`
+    instead of the reply (an error line, say) and closes."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
@@ -89,6 +89,8 @@ def echo_server(*, after: int = 0, then: bytes = b"") -> Handler:
             served += 1
             if command[0].upper() == b"PING":
                 writer.write(b"+PONG\r\n")
+            elif command[0].upper() == b"ASKING":
+                writer.write(b"+OK\r\n")
             else:
                 writer.write(b"$%d\r\n%s\r\n" % (len(command[1]), command[1]))
 
@@ -291,6 +293,29 @@ def test_calls_past_max_pending_fail_at_once() -> None:
     timed_out = [r for r in results if isinstance(r, RedisTimeoutError)]
     assert len(refused) == 5
     assert len(timed_out) == 10
+
+
+def test_asking_calls_past_max_pending_fail_at_once() -> None:
+    """ASKING and its command (a Cluster slot half migrated) wait in the same queue as
+    every other call, so the same bound refuses them."""
+
+    async def scenario() -> list[Any]:
+        async with scripted_redis(echo_server()) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=1.0, max_pending=10)
+            await connection.execute("PING")  # a live link: the calls below queue on it in one tick
+            results = await asyncio.gather(
+                *(connection.execute("ECHO", f"plain-{n}") for n in range(6)),
+                *(connection.execute_asking("ECHO", f"asking-{n}") for n in range(6)),
+                return_exceptions=True,
+            )
+            connection.close()
+            return results
+
+    results = asyncio.run(scenario())
+    # Six calls wait, and each ASKING pair adds two: the third pair finds ten waiting.
+    assert results[:8] == [*(f"plain-{n}".encode() for n in range(6)), b"asking-0", b"asking-1"]
+    refused = results[8:]
+    assert all(isinstance(r, RedisConnectionError) and "already waiting" in str(r) for r in refused), refused
 
 
 def test_a_late_reply_after_a_timeout_does_not_answer_the_next_call(own_redis: RedisServer) -> None:

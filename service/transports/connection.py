@@ -259,21 +259,18 @@ class PipelinedConnection:
     async def execute(self, *args: Any) -> Any:
         link = self._link
         if link is not None:
-            if len(link.waiting) >= self.max_pending:
-                raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+            self._admit(len(link.waiting))
             return await link.send(_pack(args))
         # No live link: this call waits for one, and all of it (connect, handshake,
         # reply) stays within one `timeout`, as a call on a live link does.
-        if self._awaiting_link >= self.max_pending:
-            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+        self._admit(self._awaiting_link)
         started = time.monotonic()
         self._awaiting_link += 1
         try:
             link = await self._connect()
         finally:
             self._awaiting_link -= 1
-        if len(link.waiting) >= self.max_pending:
-            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+        self._admit(len(link.waiting))
         remaining = self.timeout - (time.monotonic() - started)
         try:
             return await asyncio.wait_for(link.send(_pack(args)), max(remaining, 0.001))
@@ -290,12 +287,19 @@ class PipelinedConnection:
         link = self._link
         if link is None:
             raise RedisConnectionError("the redis connection closed before the command was sent")
+        self._admit(len(link.waiting))
         asking, reply = link.send(_pack(("ASKING",))), link.send(_pack(args))
         outcomes = await asyncio.gather(asking, reply, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes[1]
+
+    def _admit(self, waiting: int) -> None:
+        """Refuse a call at once when `waiting` calls are already ahead of it: past
+        `max_pending`, a Redis that fell behind would only make it time out later."""
+        if waiting >= self.max_pending:
+            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
 
     async def _connect(self) -> _Link:
         # Concurrent callers share one connection attempt.
