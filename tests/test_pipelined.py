@@ -357,6 +357,54 @@ def test_a_lost_connection_fails_calls_in_flight_and_the_next_call_reconnects(ow
     assert again == b"PONG"
 
 
+def test_a_retired_connection_answers_the_calls_already_made_then_closes(redis_server: RedisServer) -> None:
+    async def scenario() -> tuple[list[Any], Any, bool, bool, int]:
+        connection = PipelinedConnection(redis_server.url, timeout=5.0)
+        await connection.execute("PING")
+        link = connection._link
+        assert link is not None
+        made = [
+            asyncio.ensure_future(connection.execute("DEBUG", "SLEEP", "0.2")),
+            *(asyncio.ensure_future(connection.execute("ECHO", f"made-{n}")) for n in range(5)),
+        ]
+        await asyncio.sleep(0.05)  # written; Redis sleeps on the first
+        connection.retire()
+        later = (await asyncio.gather(connection.execute("ECHO", "later"), return_exceptions=True))[0]
+        replies = await asyncio.gather(*made, return_exceptions=True)
+        return replies, later, link.closed, connection.connected, connection.connects
+
+    replies, later, closed, connected, connects = asyncio.run(scenario())
+    assert replies == [b"OK", *(f"made-{n}".encode() for n in range(5))]
+    assert isinstance(later, RedisConnectionError)
+    assert "retired" in str(later)
+    assert closed
+    assert not connected
+    assert connects == 1  # nothing reconnected
+
+
+def test_a_connection_retired_while_it_connects_sends_nothing_and_keeps_no_link(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario() -> tuple[Any, bool, int]:
+        connection = PipelinedConnection(redis_server.url, timeout=2.0)
+        call = asyncio.ensure_future(connection.execute("SET", "retired-while-connecting", "1"))
+        await asyncio.sleep(0)  # the connect has started
+        connection.retire()
+        outcome = (await asyncio.gather(call, return_exceptions=True))[0]
+        return outcome, connection.connected, connection.connects
+
+    outcome, connected, connects = asyncio.run(scenario())
+    assert isinstance(outcome, RedisConnectionError)
+    assert "retired" in str(outcome)
+    assert not connected
+    assert connects == 1  # it connected, then closed the link unused
+    inspector = redis.Redis.from_url(redis_server.url)
+    try:
+        assert inspector.get("retired-while-connecting") is None
+    finally:
+        inspector.close()
+
+
 def test_nothing_listening_is_a_connection_error(silent_server: int) -> None:
     async def scenario() -> BaseException | Any:
         connection = PipelinedConnection(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
