@@ -26,6 +26,7 @@ from service.app import create_app
 from service.config import Settings
 from service.scripts import UPDATE_COUNTERS, Script, ScriptCall
 from service.store import Store, open_store
+from service.transports.cluster import ClusterTransport
 from tests.support import REGISTERED_APP, Api, group_key
 from tests.topologies import Cluster, Process, wait_for
 
@@ -307,3 +308,105 @@ def test_an_increase_whose_connection_breaks_answers_10002_and_is_not_sent_again
         assert counter(api, "broken") == 1  # the killed call never ran, and was not sent again
         assert api.update("broken", {"a": 1}, "Increase")["ErrorCode"] == 0
         assert counter(api, "broken") == 2
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of the test's own: the test empties one of its masters for good."""
+    cluster = Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def hand_over_every_slot(cluster: Cluster, leaving: Process, heir: Process) -> None:
+    """Every slot of `leaving` (holding no key) to `heir`: CLUSTER SLOTS stops listing
+    `leaving`, as after a resharding that empties a node before it is removed."""
+    slots = [slot for slot, port in slot_owners(cluster).items() if port == leaving.port]
+    heir_id = node_id(heir)
+    for node in sorted(cluster.nodes, key=lambda node: node is leaving):  # the leaving node last
+        with node.client() as client:
+            pipe = client.pipeline(transaction=False)
+            for slot in slots:
+                pipe.execute_command("CLUSTER", "SETSLOT", slot, "NODE", heir_id)
+            pipe.execute()
+    with heir.client() as client:
+        client.execute_command("CLUSTER", "BUMPEPOCH")  # its claim outranks any stale gossip
+
+    def unlisted_everywhere() -> bool:
+        for node in cluster.nodes:
+            with node.client() as client:
+                ranges = client.execute_command("CLUSTER", "SLOTS")
+            if any(int(owner[1]) == leaving.port for _, _, owner, *_ in ranges):
+                return False
+        return True
+
+    wait_for(unlisted_everywhere, 20, f"no node to list {leaving.port} in CLUSTER SLOTS")
+
+
+def test_a_node_that_leaves_the_slot_map_loses_its_connection_and_calls_in_flight_there_get_their_replies(
+    own_cluster: Cluster,
+) -> None:
+    cluster = own_cluster
+    leaving, heir = cluster.nodes[2], cluster.nodes[0]
+    leaving_name = f"127.0.0.1:{leaving.port}"
+    owners = slot_owners(cluster)
+    keys = [f"{{churn:{n}}}" for n in range(60)]
+    on_leaving = next(key for key in keys if owners[key_slot(key.encode())] == leaving.port)
+    elsewhere = next(key for key in keys if owners[key_slot(key.encode())] != leaving.port)
+
+    def clients() -> list[dict[str, str]]:
+        with leaving.client() as client:
+            return cast(list[dict[str, str]], client.client_list())
+
+    def held() -> bool:
+        return any(entry["cmd"] == "evalsha" and "b" in entry["flags"] for entry in clients())
+
+    async def scenario() -> tuple[set[str], object, list[object], set[str]]:
+        store = open_store(cluster.url, timeout=5.0)
+        transport = cast(ClusterTransport, store.transport)
+
+        async def incr(key: str) -> object:
+            return await transport.run_script(ScriptCall(cast(Script, _Incr()), [key], []))
+
+        try:
+            await asyncio.gather(*map(incr, keys))  # a connection to every node
+            before = set(transport._connections)
+            retiring = transport._connections[leaving_name]
+            assert retiring._link is not None
+            assert retiring._link._transport is not None
+            host, port = retiring._link._transport.get_extra_info("sockname")[:2]
+            with leaving.client() as admin:
+                await asyncio.to_thread(admin.flushall)
+                # Scripts wait while paused: a call stays in flight on the leaving node
+                # across the slot map's reload.
+                await asyncio.to_thread(admin.execute_command, "CLIENT", "PAUSE", 10_000, "WRITE")
+                try:
+                    in_flight = asyncio.ensure_future(incr(on_leaving))
+                    await asyncio.to_thread(wait_for, held, 5, "the call to wait on the paused node")
+                    await asyncio.to_thread(hand_over_every_slot, cluster, leaving, heir)
+                    transport._stale = True  # as a failed call leaves it: the next call reads the map
+                    assert await incr(elsewhere) == 2
+                    assert leaving_name not in transport._connections
+                    assert not in_flight.done()
+                finally:
+                    await asyncio.to_thread(admin.execute_command, "CLIENT", "UNPAUSE")
+            # Released, the leaving node answers MOVED; the call follows it to the heir.
+            reply = await asyncio.wait_for(in_flight, 5)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: all(entry["addr"] != f"{host}:{port}" for entry in clients()),
+                5,
+                "the leaving node to see our connection closed",
+            )
+            assert not retiring.connected
+            after = await asyncio.gather(*map(incr, keys), return_exceptions=True)
+            return before, reply, after, set(transport._connections)
+        finally:
+            await store.close()
+
+    before, reply, after, connections = asyncio.run(scenario())
+    names = {f"127.0.0.1:{node.port}" for node in cluster.nodes}
+    assert before == names
+    assert reply == 1  # its own reply: the key went with the node's flushed keys
+    assert all(isinstance(result, int) for result in after), after
+    assert connections == names - {leaving_name}

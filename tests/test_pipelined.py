@@ -76,8 +76,8 @@ async def pong_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 def echo_server(*, after: int = 0, then: bytes = b"") -> Handler:
-    """A Redis that answers PING and ECHO; after `after` commands it sends `then` instead
-    of the reply (an error line, say) and closes."""
+    """A Redis that answers PING, ASKING and ECHO; after `after` commands it sends `then`
+    instead of the reply (an error line, say) and closes."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
@@ -89,6 +89,8 @@ def echo_server(*, after: int = 0, then: bytes = b"") -> Handler:
             served += 1
             if command[0].upper() == b"PING":
                 writer.write(b"+PONG\r\n")
+            elif command[0].upper() == b"ASKING":
+                writer.write(b"+OK\r\n")
             else:
                 writer.write(b"$%d\r\n%s\r\n" % (len(command[1]), command[1]))
 
@@ -293,6 +295,29 @@ def test_calls_past_max_pending_fail_at_once() -> None:
     assert len(timed_out) == 10
 
 
+def test_asking_calls_past_max_pending_fail_at_once() -> None:
+    """ASKING and its command (a Cluster slot half migrated) wait in the same queue as
+    every other call, so the same bound refuses them."""
+
+    async def scenario() -> list[Any]:
+        async with scripted_redis(echo_server()) as port:
+            connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=1.0, max_pending=10)
+            await connection.execute("PING")  # a live link: the calls below queue on it in one tick
+            results = await asyncio.gather(
+                *(connection.execute("ECHO", f"plain-{n}") for n in range(6)),
+                *(connection.execute_asking("ECHO", f"asking-{n}") for n in range(6)),
+                return_exceptions=True,
+            )
+            connection.close()
+            return results
+
+    results = asyncio.run(scenario())
+    # Six calls wait, and each ASKING pair adds two: the third pair finds ten waiting.
+    assert results[:8] == [*(f"plain-{n}".encode() for n in range(6)), b"asking-0", b"asking-1"]
+    refused = results[8:]
+    assert all(isinstance(r, RedisConnectionError) and "already waiting" in str(r) for r in refused), refused
+
+
 def test_a_late_reply_after_a_timeout_does_not_answer_the_next_call(own_redis: RedisServer) -> None:
     async def scenario() -> tuple[Any, Any]:
         connection = PipelinedConnection(own_redis.url, timeout=0.2)
@@ -330,6 +355,54 @@ def test_a_lost_connection_fails_calls_in_flight_and_the_next_call_reconnects(ow
     lost, again = asyncio.run(scenario())
     assert isinstance(lost, RedisConnectionError)
     assert again == b"PONG"
+
+
+def test_a_retired_connection_answers_the_calls_already_made_then_closes(redis_server: RedisServer) -> None:
+    async def scenario() -> tuple[list[Any], Any, bool, bool, int]:
+        connection = PipelinedConnection(redis_server.url, timeout=5.0)
+        await connection.execute("PING")
+        link = connection._link
+        assert link is not None
+        made = [
+            asyncio.ensure_future(connection.execute("DEBUG", "SLEEP", "0.2")),
+            *(asyncio.ensure_future(connection.execute("ECHO", f"made-{n}")) for n in range(5)),
+        ]
+        await asyncio.sleep(0.05)  # written; Redis sleeps on the first
+        connection.retire()
+        later = (await asyncio.gather(connection.execute("ECHO", "later"), return_exceptions=True))[0]
+        replies = await asyncio.gather(*made, return_exceptions=True)
+        return replies, later, link.closed, connection.connected, connection.connects
+
+    replies, later, closed, connected, connects = asyncio.run(scenario())
+    assert replies == [b"OK", *(f"made-{n}".encode() for n in range(5))]
+    assert isinstance(later, RedisConnectionError)
+    assert "retired" in str(later)
+    assert closed
+    assert not connected
+    assert connects == 1  # nothing reconnected
+
+
+def test_a_connection_retired_while_it_connects_sends_nothing_and_keeps_no_link(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario() -> tuple[Any, bool, int]:
+        connection = PipelinedConnection(redis_server.url, timeout=2.0)
+        call = asyncio.ensure_future(connection.execute("SET", "retired-while-connecting", "1"))
+        await asyncio.sleep(0)  # the connect has started
+        connection.retire()
+        outcome = (await asyncio.gather(call, return_exceptions=True))[0]
+        return outcome, connection.connected, connection.connects
+
+    outcome, connected, connects = asyncio.run(scenario())
+    assert isinstance(outcome, RedisConnectionError)
+    assert "retired" in str(outcome)
+    assert not connected
+    assert connects == 1  # it connected, then closed the link unused
+    inspector = redis.Redis.from_url(redis_server.url)
+    try:
+        assert inspector.get("retired-while-connecting") is None
+    finally:
+        inspector.close()
 
 
 def test_nothing_listening_is_a_connection_error(silent_server: int) -> None:

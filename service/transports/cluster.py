@@ -7,7 +7,9 @@ path (a pooled connection per call in flight, stream reads, a retry wrapper) cos
 Cluster call more than twice a single Redis call's CPU (`make profile`). Nothing sends
 a script call twice once it may have run: redis-py's Retry is `no_retry()`, and a
 pipelined connection never resends. Beyond `max_pending` calls waiting on a node, a
-call answers 10002 at once.
+call answers 10002 at once. Each time the slot map is read again, the connections to
+nodes it no longer lists are retired: a cluster whose nodes come and go does not
+pile up sockets to nodes gone from it.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ class ClusterTransport:
         self._max_pending = max_pending
         self._on_flush = on_flush
         self._connections: dict[str, PipelinedConnection] = {}
+        # Retired, their last calls still waiting for replies: closed too at shutdown.
+        self._retired: list[PipelinedConnection] = []
         self._stale = True
         self._refreshing = asyncio.Lock()
         self._url = url
@@ -117,6 +121,7 @@ class ClusterTransport:
                             await self.client.nodes_manager.initialize()
                     except RedisClusterException as exc:  # not a RedisError
                         raise ClusterError(f"cannot read the cluster's slot map: {exc}") from exc
+                    self._retire_departed()
                     self._stale = False
         return self.client.nodes_manager
 
@@ -179,6 +184,19 @@ class ClusterTransport:
                 url, timeout=self._timeout, max_pending=self._max_pending, on_flush=self._on_flush
             )
         return connection
+
+    def _retire_departed(self) -> None:
+        """Retire the connection of every node the slot map no longer lists (it left the
+        cluster, or holds no slot any more). Retired, not closed: a call in flight there
+        may have run, so it still gets its own reply (a MOVED is followed as ever)."""
+        listed = {node.name for node in self.client.get_nodes()}
+        self._retired = [connection for connection in self._retired if connection.connected]
+        for name in [name for name in self._connections if name not in listed]:
+            connection = self._connections.pop(name)
+            connection.retire()
+            if connection.connected:
+                self._retired.append(connection)
+            log.info("redis cluster: node %s left the slot map; its connection is retired", name)
 
     def subscriber(self) -> Subscriber:
         async def locate(channel: str) -> Address:
@@ -245,6 +263,6 @@ class ClusterTransport:
         return next(iter(values.values()), "")
 
     async def close(self) -> None:
-        for connection in self._connections.values():
+        for connection in (*self._connections.values(), *self._retired):
             connection.close()
         await self.client.aclose()

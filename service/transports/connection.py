@@ -22,6 +22,9 @@ reply overdue past `timeout` (a dead peer that never resets). A dead link is nev
 written to again; the next call opens a new one, and a call that finds its link died
 while it waited for the connect fails at once instead of being queued on nothing.
 
+A retired connection (to a Cluster node that left the slot map) takes no new call and
+never reconnects; its link closes once the calls already on it have their replies.
+
 Commands here are never retried: a command that was written may have run.
 """
 
@@ -62,6 +65,11 @@ _KEEPALIVE: Final = (
     ("TCP_KEEPINTVL", 5),
     ("TCP_KEEPCNT", 3),
 )
+
+
+# Refusals of a command that was never sent (nothing ran; still a connection fault: 10002).
+_CLOSED: Final = "the redis connection closed before the command was sent"
+_RETIRED: Final = "the redis connection is retired (its node left the slot map); the command was not sent"
 
 
 # A Cluster's redirections and refusals, as redis-py's parser names them (built from the
@@ -128,6 +136,7 @@ class _Link(asyncio.Protocol):
         self._flush_scheduled = False
         self.written = 0  # commands written on this link: a write's timer needs only this number
         self.closed = False
+        self.draining = False  # takes no more calls; closes once the last one has its reply
 
     # ---- the socket's side ----
 
@@ -158,6 +167,8 @@ class _Link(asyncio.Protocol):
         if fault is not None:
             # Replies parsed before the fault were delivered; nothing after it is trusted.
             self.abort(fault)
+        elif self.draining and not waiting:
+            self.abort(RedisConnectionError("connection retired"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.abort(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
@@ -165,8 +176,8 @@ class _Link(asyncio.Protocol):
     # ---- the callers' side ----
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        if self.closed:
-            raise RedisConnectionError("the redis connection closed before the command was sent")
+        if self.closed or self.draining:
+            raise RedisConnectionError(_RETIRED if self.draining else _CLOSED)
         future: asyncio.Future[Any] = self._loop.create_future()
         self.waiting.append(future)
         self._buffer.append(packed)
@@ -215,6 +226,13 @@ class _Link(asyncio.Protocol):
                 future.set_exception(error)
         self.abort(RedisConnectionError(f"redis replies overdue past {timeout} s: connection dropped"))
 
+    def drain(self) -> None:
+        """Take no more calls; close once every call queued or written has its reply
+        (or, for a peer that stops answering, at the usual reply timeout)."""
+        self.draining = True
+        if not self.waiting:
+            self.abort(RedisConnectionError("connection retired"))
+
     def abort(self, error: RedisError) -> None:
         """This link is dead: fail everything it holds; it is never written to again."""
         if self.closed:
@@ -252,6 +270,7 @@ class PipelinedConnection:
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
         self._awaiting_link = 0  # calls waiting for a connect: max_pending bounds them too
+        self._retired = False
         self.connects = 0  # links opened over this object's life
         # Cached at the first call: on Python 3.11 get_running_loop() costs a getpid().
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -259,21 +278,20 @@ class PipelinedConnection:
     async def execute(self, *args: Any) -> Any:
         link = self._link
         if link is not None:
-            if len(link.waiting) >= self.max_pending:
-                raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+            self._admit(len(link.waiting))
             return await link.send(_pack(args))
+        if self._retired:
+            raise RedisConnectionError(_RETIRED)
         # No live link: this call waits for one, and all of it (connect, handshake,
         # reply) stays within one `timeout`, as a call on a live link does.
-        if self._awaiting_link >= self.max_pending:
-            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+        self._admit(self._awaiting_link)
         started = time.monotonic()
         self._awaiting_link += 1
         try:
             link = await self._connect()
         finally:
             self._awaiting_link -= 1
-        if len(link.waiting) >= self.max_pending:
-            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+        self._admit(len(link.waiting))
         remaining = self.timeout - (time.monotonic() - started)
         try:
             return await asyncio.wait_for(link.send(_pack(args)), max(remaining, 0.001))
@@ -289,13 +307,20 @@ class PipelinedConnection:
             await self.execute("PING")  # a live link first, within the usual bounds
         link = self._link
         if link is None:
-            raise RedisConnectionError("the redis connection closed before the command was sent")
+            raise RedisConnectionError(_CLOSED)
+        self._admit(len(link.waiting))
         asking, reply = link.send(_pack(("ASKING",))), link.send(_pack(args))
         outcomes = await asyncio.gather(asking, reply, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes[1]
+
+    def _admit(self, waiting: int) -> None:
+        """Refuse a call at once when `waiting` calls are already ahead of it: past
+        `max_pending`, a Redis that fell behind would only make it time out later."""
+        if waiting >= self.max_pending:
+            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
 
     async def _connect(self) -> _Link:
         # Concurrent callers share one connection attempt.
@@ -328,6 +353,9 @@ class PipelinedConnection:
             raise
         if link.closed:
             raise RedisConnectionError("connection to redis lost during the handshake")
+        if self._retired:  # while it connected: nothing is on it yet, so it closes at once
+            link.drain()
+            raise RedisConnectionError(_RETIRED)
         self._link = link
         return link
 
@@ -356,6 +384,20 @@ class PipelinedConnection:
     def link_closed(self, link: _Link) -> None:
         if self._link is link:
             self._link = None
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    def retire(self) -> None:
+        """Take no more calls, and close once the calls already made have their replies.
+
+        For a Cluster node that left the slot map. A call already queued may have run:
+        it gets its own reply (or, should the link die first, a connection fault), never
+        a refusal. A later call is refused without being sent, and nothing reconnects."""
+        self._retired = True
+        if self._link is not None:
+            self._link.drain()
 
     def close(self) -> None:
         if self._link is not None:
