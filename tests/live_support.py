@@ -21,7 +21,7 @@ import uvicorn
 from service.app import create_app
 from service.config import Settings
 from service.store import Store
-from tests.support import REGISTERED_APP, free_port, query
+from tests.support import REGISTERED_APP, free_port, post_command, query
 
 
 @dataclass
@@ -45,13 +45,7 @@ class Served:
         assert not self.thread.is_alive(), "uvicorn did not stop"
 
     def post(self, command: str, body: dict[str, Any], sdkappid: int = REGISTERED_APP) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("POST", f"/v4/group_open_http_svc/{command}?{query(sdkappid)}", json.dumps(body))
-            reply: dict[str, Any] = json.loads(conn.getresponse().read())
-            return reply
-        finally:
-            conn.close()
+        return post_command(self.port, command, body, sdkappid)
 
     def update(self, group_id: str, counters: dict[str, int], mode: str = "Set", **kw: Any) -> dict[str, Any]:
         items = [{"Key": k, "Value": v} for k, v in counters.items()]
@@ -194,3 +188,10 @@ class Tape:
         self.version = data["Version"]
         self.id = event.id
         self.versions.append(self.version)
+
+    def play_until(self, watch: Watch, state: dict[str, int]) -> None:
+        """Play `watch`'s events until this tape holds `state` (the group's final state)."""
+        while self.state != state:
+            event = watch.next()
+            assert event is not None, f"the stream ended at {self.state}, short of {state}"
+            self.play(event)

@@ -239,14 +239,20 @@ class ServiceProcess:
         return stop_process(self.process, seconds)
 
     def post(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One command as the registered app's admin, over plain HTTP; its JSON reply."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request("POST", f"/v4/group_open_http_svc/{command}?{query()}", json.dumps(body))
-            reply: dict[str, Any] = json.loads(connection.getresponse().read())
-            return reply
-        finally:
-            connection.close()
+        return post_command(self.port, command, body)
+
+
+def post_command(
+    port: int, command: str, body: dict[str, Any], sdkappid: int = REGISTERED_APP
+) -> dict[str, Any]:
+    """One command as `sdkappid`'s admin, over plain HTTP to 127.0.0.1:`port`; its JSON reply."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", f"/v4/group_open_http_svc/{command}?{query(sdkappid)}", json.dumps(body))
+        reply: dict[str, Any] = json.loads(connection.getresponse().read())
+        return reply
+    finally:
+        connection.close()
 
 
 def usersig_for(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **kwargs: Any) -> str:

@@ -326,11 +326,7 @@ def test_a_slow_watcher_is_cut_off_with_its_buffer_bounded(
         assert 0 < largest <= feeds.buffer_bytes + 8 * 4096, largest
         # The reader saw every change meanwhile, in order, without a resync.
         tape = Tape(version=0)
-        final = served.counters("firehose")
-        while tape.state != final:
-            event = reader.next()
-            assert event is not None
-            tape.play(event)
+        tape.play_until(reader, served.counters("firehose"))
         assert tape.resyncs == 0
         # The cut-off client finds its stream ended once it reads what was sent.
         sock.settimeout(10)
@@ -446,10 +442,7 @@ def _resynced_after(
         time.sleep(0.1)
     final = served.counters(group_id)
     for watch, tape in zip(watches, tapes, strict=True):
-        while tape.state != final:
-            event = watch.next()
-            assert event is not None
-            tape.play(event)
+        tape.play_until(watch, final)
         watch.close()
 
 
@@ -768,12 +761,7 @@ def test_a_watcher_cut_off_for_not_reading_is_counted_once(
     reader = _cut_off_a_watcher_that_never_reads(served, "firehose")
     assert exported("group_counter_watchers_cut_off_total") == before + 1
     assert exported("group_counter_watchers") == 1, "the reader stays"
-    tape = Tape(version=0)
-    final = served.counters("firehose")
-    while tape.state != final:
-        event = reader.next()
-        assert event is not None
-        tape.play(event)
+    Tape(version=0).play_until(reader, served.counters("firehose"))
     assert exported("group_counter_watchers_cut_off_total") == before + 1
 
 

@@ -225,7 +225,10 @@ def test_replies_overdue_past_the_timeout_drop_the_connection_and_the_next_call_
             first = await asyncio.gather(
                 *(connection.execute("PING") for _ in range(5)), return_exceptions=True
             )
-            # The silent link is gone: the next call opens a new one, it does not queue behind.
+            # Those calls waited for the connect, so their deadline (from before it) falls a
+            # connect's time before the link's own timer (from its write): once that fires,
+            # the silent link is gone and the next call opens a new one, not queued behind.
+            await asyncio.sleep(0.05)
             again = (await asyncio.gather(connection.execute("PING"), return_exceptions=True))[0]
             connection.close()
             return first, again, connection.connects
