@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -250,6 +251,7 @@ class Feed:
         self.ring: list[Watcher] = []
         self.cursor = 0
         self.pumping = False
+        self.pass_started = 0.0
 
     @property
     def head(self) -> int:
@@ -278,6 +280,8 @@ class Feed:
         so every frame reaches every watcher within one pass of the ring, however many
         frames arrive meanwhile. Between slices the loop serves other calls."""
         ring, head, log, start = self.ring, self.head, self.log, self.log_start
+        if self.cursor == 0:
+            self.pass_started = time.perf_counter()
         end = min(self.cursor + PUMP_SLICE, len(ring))
         chunks: dict[int, tuple[bytes, bytes]] = {}
         for index in range(self.cursor, end):
@@ -301,6 +305,8 @@ class Feed:
     def _wrap(self) -> bool:
         """At the end of the ring: drop the watchers that left and the frames every
         watcher has had, and start again; True when every watcher has every frame."""
+        # A frame waits at most about one pass to reach every watcher: the delivery lag.
+        TALLY.delivery_pass(time.perf_counter() - self.pass_started)
         self.owner.drop_overflowed(self)
         watchers = self.watchers
         self.ring = [watcher for watcher in self.ring if watcher in watchers and not watcher.ended]

@@ -82,6 +82,12 @@ WATCHERS_CUT_OFF: Final = Counter(
     "group_counter_watchers_cut_off_total",
     "Watchers disconnected for not reading: their unsent events passed the bound",
 )
+DELIVERY_PASS_SECONDS: Final = Histogram(
+    "group_counter_delivery_pass_seconds",
+    "One pass over a watched group's watchers in a process, each written every event it lacks: "
+    "about the longest a change waits to reach all of them",
+    buckets=_LATENCY_BUCKETS,
+)
 RESYNC_SNAPSHOTS: Final = Counter(
     "group_counter_resync_snapshots_total",
     "Snapshots flagged Resync sent to watchers, by why the stream could not go on version by version",
@@ -119,6 +125,7 @@ class Tally:
         self.watchers = 0
         self.watched_groups = 0
         self._watchers_cut_off = 0
+        self._delivery_passes = _Latencies()
         self._resync_snapshots: dict[str, int] = {}
         self._rejections: dict[str, int] = {}
         self._calls: dict[tuple[str, int], int] = {}
@@ -154,6 +161,9 @@ class Tally:
         self.watchers -= 1
         self._watchers_cut_off += cut_off
 
+    def delivery_pass(self, seconds: float) -> None:
+        self._delivery_passes.add(seconds)
+
     def resync_snapshots(self, reason: str, count: int) -> None:
         """`reason`: "gap" (notices may have been missed: a version skipped, another
         incarnation, the subscription renewed after a Redis fault; every watcher of the
@@ -170,6 +180,7 @@ class Tally:
         rejections, self._rejections = self._rejections, {}
         resync_snapshots, self._resync_snapshots = self._resync_snapshots, {}
         cut_off, self._watchers_cut_off = self._watchers_cut_off, 0
+        passes, self._delivery_passes = self._delivery_passes, _Latencies()
         for (command, code), count in calls.items():
             REQUESTS.labels(command, str(code)).inc(count)
         for command, latencies in call_seconds.items():
@@ -186,6 +197,7 @@ class Tally:
             RESYNC_SNAPSHOTS.labels(reason).inc(count)
         if cut_off:
             WATCHERS_CUT_OFF.inc(cut_off)
+        passes.push(DELIVERY_PASS_SECONDS)
         IN_FLIGHT.set(self.in_flight)
         OPEN_CONNECTIONS.set(self.open_connections)
         WATCHERS.set(self.watchers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any, cast
 
 import pytest
@@ -160,6 +161,33 @@ def test_the_last_watcher_leaving_drops_the_subscription() -> None:
         feeds.leave(CHANNEL, watchers[2])
         assert store.subscriber_made.unsubscribed == [CHANNEL]
         assert CHANNEL not in feeds.feeds
+
+    asyncio.run(scenario())
+
+
+def test_each_pass_over_the_watchers_is_timed_as_the_delivery_lag(monkeypatch: pytest.MonkeyPatch) -> None:
+    tally = Tally()
+    monkeypatch.setattr(feeds_module, "TALLY", tally)
+    monkeypatch.setattr(feeds_module, "PUMP_SLICE", 2)
+
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        store.snapshot = (b"1 gggg", {"a": 1})
+        watchers = [await _joined(store, feeds)] + [
+            await feeds.join(CHANNEL, "{1:g}", "g", "1", None) for _ in range(4)
+        ]
+        for watcher in watchers:
+            watcher.attach(FakeCycle().send)
+            await watcher.flush()
+        loop = asyncio.get_running_loop()
+        # The pass's three slices, with a call that takes 20 ms served between two of them.
+        feeds.on_message(CHANNEL, notice("gggg", 2, "u", "a", "2"))
+        loop.call_soon(time.sleep, 0.02)  # runs after the pass's first slice
+        await asyncio.sleep(0.05)
+        passes = tally._delivery_passes
+        assert sum(passes.buckets) == 1
+        assert 0.02 <= passes.total < 1.0
 
     asyncio.run(scenario())
 
