@@ -275,6 +275,56 @@ def test_an_increase_that_times_out_answers_10002_and_is_not_sent_again(
         assert counter(api, "slow") == after + 1
 
 
+def test_a_call_that_must_read_the_slot_map_again_still_answers_within_one_timeout(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a fault the read may try node after node: a call waits for it only within
+    its own redis_timeout, and one read serves every call that waits for it."""
+    script = cast(Script, _Incr())
+
+    async def scenario() -> tuple[list[float], list[object], int, object]:
+        store = open_store(cluster.url, timeout=0.5)
+        try:
+            transport = cast(ClusterTransport, store.transport)
+            first: object = await transport.run_script(ScriptCall(script, ["{slow-map}:a"], []))
+            assert first == 1
+            manager = transport.client.nodes_manager
+            read = type(manager).initialize
+            reads = 0
+
+            async def slow_read(self: Any, *args: Any, **kwargs: Any) -> None:
+                nonlocal reads
+                reads += 1
+                await asyncio.sleep(2.0)
+                await read(self, *args, **kwargs)
+
+            monkeypatch.setattr(type(manager), "initialize", slow_read)
+            transport._stale = True  # as a failed call leaves it
+            took: list[float] = []
+
+            async def timed() -> object:
+                started = time.monotonic()
+                try:
+                    return await transport.run_script(ScriptCall(script, ["{slow-map}:a"], []))
+                except RedisError as exc:
+                    return exc
+                finally:
+                    took.append(time.monotonic() - started)
+
+            waited = await asyncio.gather(*(timed() for _ in range(5)))
+            await asyncio.sleep(2.0)  # the read finishes for the calls after them
+            after = await transport.run_script(ScriptCall(script, ["{slow-map}:a"], []))
+            return took, waited, reads, after
+        finally:
+            await store.close()
+
+    took, waited, reads, after = asyncio.run(scenario())
+    assert all(isinstance(reply, RedisError) for reply in waited), waited  # 10002: nothing was sent
+    assert max(took) < 0.5 + 0.4, took
+    assert reads == 1, "one read for every call that waited"
+    assert after == 2, "the map read, calls go through again (the timed-out calls never ran)"
+
+
 def test_an_increase_whose_connection_breaks_answers_10002_and_is_not_sent_again(
     cluster: Cluster, settings: Settings
 ) -> None:

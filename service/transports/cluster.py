@@ -105,41 +105,77 @@ class ClusterTransport:
         # Retired, their last calls still waiting for replies: closed too at shutdown.
         self._retired: list[PipelinedConnection] = []
         self._stale = True
-        self._refreshing = asyncio.Lock()
+        self._reading: asyncio.Task[None] | None = None
         self._url = url
 
-    async def _slot_map(self) -> Any:
-        """The nodes manager, its slot map refreshed first when a call failed since."""
+    async def _slot_map(self, deadline: float | None = None) -> Any:
+        """The nodes manager, its slot map read again first when a call failed since.
+
+        One read at a time, in a task of its own: behind a fault it may try node after
+        node, each up to its timeouts, and a caller waits for it only until `deadline`
+        (one redis_timeout from now by default), then answers without it (a timeout,
+        10002) while the read goes on for the callers after it."""
         if self._stale:
-            async with self._refreshing:
-                if self._stale:
-                    try:
-                        if self.client.get_default_node() is None:
-                            await self.client.initialize()
-                        else:
-                            # Keeps the nodes' pools; connections in use reconnect after their call.
-                            await self.client.nodes_manager.initialize()
-                    except RedisClusterException as exc:  # not a RedisError
-                        raise ClusterError(f"cannot read the cluster's slot map: {exc}") from exc
-                    self._retire_departed()
-                    self._stale = False
+            reading = self._reading
+            if reading is None:
+                reading = self._reading = asyncio.ensure_future(self._read_slot_map())
+                reading.add_done_callback(_retrieved)
+            if deadline is None:
+                deadline = time.monotonic() + self._timeout
+            try:
+                await asyncio.wait_for(asyncio.shield(reading), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise RedisTimeoutError(
+                    f"redis did not answer within {self._timeout} s (reading the cluster's slot map)"
+                ) from None
         return self.client.nodes_manager
+
+    async def _read_slot_map(self) -> None:
+        try:
+            if self.client.get_default_node() is None:
+                await self.client.initialize()
+            else:
+                # Keeps the nodes' pools; connections in use reconnect after their call.
+                await self.client.nodes_manager.initialize()
+        except RedisClusterException as exc:  # not a RedisError
+            raise ClusterError(f"cannot read the cluster's slot map: {exc}") from exc
+        finally:
+            self._reading = None
+        self._retire_departed()
+        self._stale = False
 
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path, as the single-Redis one: the coroutine itself, nothing around it.
         # NOSCRIPT's EVAL names the same key, hence goes to the node that owns its slot.
         return run_with_reload(self._call, call)
 
-    async def _call(self, *command: ScriptArg) -> Any:
+    def _call(self, *command: ScriptArg) -> Coroutine[Any, Any, Any]:
         """EVALSHA/EVAL (command[3] is the first key) on the node that owns the key's slot.
 
         Each attempt is bounded by its connection's `timeout` (a link whose replies are
         overdue fails its calls); redirects and TRYAGAIN pauses stop at one `timeout`
         from the start. A call that times out leaves its future in its link's queue:
-        its reply, when it comes, is read and dropped there, never handed to another."""
-        key = command[3]
+        its reply, when it comes, is read and dropped there, never handed to another.
+        A plain function: the hot path awaits `_route` itself, no coroutine around it."""
         deadline = time.monotonic() + self._timeout
-        nodes = self.client.nodes_manager if not self._stale else await self._slot_map()
+        if not self._stale:
+            return self._route(command, self.client.nodes_manager, deadline)
+        return self._call_after_reading(command, deadline)
+
+    async def _call_after_reading(self, command: tuple[ScriptArg, ...], deadline: float) -> Any:
+        """Reading the slot map takes part of the call's one timeout: the rest bounds the call."""
+        nodes = await self._slot_map(deadline)
+        try:
+            return await asyncio.wait_for(
+                self._route(command, nodes, deadline), max(deadline - time.monotonic(), 0.001)
+            )
+        except TimeoutError:
+            self._stale = True
+            raise RedisTimeoutError(f"redis did not answer within {self._timeout} s") from None
+
+    async def _route(self, command: tuple[ScriptArg, ...], nodes: Any, deadline: float) -> Any:
+        """`_call` once the slot map is at hand: to the slot's owner, following redirects."""
+        key = command[3]
         slot = self.client.keyslot(key)
         try:
             node: ClusterNode | None = nodes.get_node_from_slot(slot)
@@ -263,6 +299,15 @@ class ClusterTransport:
         return next(iter(values.values()), "")
 
     async def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
         for connection in (*self._connections.values(), *self._retired):
             connection.close()
         await self.client.aclose()
+
+
+def _retrieved(reading: asyncio.Task[None]) -> None:
+    """A slot map read whose callers all gave up still had its outcome read (asyncio
+    would log an exception that no one retrieved); the next call starts another."""
+    if not reading.cancelled():
+        reading.exception()
