@@ -88,6 +88,13 @@ async def _joined(store: ScriptedStore, feeds: Feeds, last_event_id: str | None 
     return await join
 
 
+async def _five_watchers(store: ScriptedStore, feeds: Feeds, held: bytes) -> list[Watcher]:
+    """Five watchers of the group, from a snapshot of `held` ("<version> <incarnation>") and a = 1."""
+    store.snapshot = (held, {"a": 1})
+    first = await _joined(store, feeds)
+    return [first] + [await feeds.join(CHANNEL, "{1:g}", "g", "1", None) for _ in range(4)]
+
+
 def test_notices_of_an_earlier_life_that_waited_for_a_snapshot_are_dropped_not_resynced_forever() -> None:
     async def scenario() -> None:
         store = ScriptedStore()
@@ -173,10 +180,7 @@ def test_each_pass_over_the_watchers_is_timed_as_the_delivery_lag(monkeypatch: p
     async def scenario() -> None:
         store = ScriptedStore()
         feeds = Feeds(cast(Store, store), timeout=2.0)
-        store.snapshot = (b"1 gggg", {"a": 1})
-        watchers = [await _joined(store, feeds)] + [
-            await feeds.join(CHANNEL, "{1:g}", "g", "1", None) for _ in range(4)
-        ]
+        watchers = await _five_watchers(store, feeds, b"1 gggg")
         for watcher in watchers:
             watcher.attach(FakeCycle().send)
             await watcher.flush()
@@ -253,10 +257,7 @@ def test_a_frame_that_arrives_mid_pass_reaches_every_watcher_once_in_order_one_w
     async def scenario() -> None:
         store = ScriptedStore()
         feeds = Feeds(cast(Store, store), timeout=2.0)
-        store.snapshot = (b"1 ffff", {"a": 1})
-        watchers = [await _joined(store, feeds)] + [
-            await feeds.join(CHANNEL, "{1:g}", "g", "1", None) for _ in range(4)
-        ]
+        watchers = await _five_watchers(store, feeds, b"1 ffff")
         cycles = []
         for watcher in watchers:
             cycle = FakeCycle()
