@@ -9,7 +9,8 @@ whether or not the one before was answered). The group has one writer, so the n-
 acknowledged update is version base + n. `--probes` of the watchers note the arrival
 time of every version; the others only read. Prints one JSON line: delivery latency
 from each update's acknowledgement to its arrival at each probe (p50, p99, max), the
-versions every probe missed or saw twice or out of order, and the streams cut off.
+versions every probe missed or saw twice or out of order, the streams cut off, and the
+service's mean pass over its watchers (group_counter_delivery_pass_seconds, from /metrics).
 
 The client must cost far less than the server it measures, and on one machine a
 client's socket costs the server too: the kernel runs a loopback packet's receiving
@@ -119,6 +120,20 @@ class Bulk:
             self.bytes += len(data)
 
 
+async def delivery_passes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[float, int]:
+    """The service's own account of its passes over the watchers (its /metrics):
+    seconds in all, and how many."""
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower())[1])  # type: ignore[index]
+    text = (await reader.readexactly(length)).decode()
+    total = re.search(r"^group_counter_delivery_pass_seconds_sum (\S+)$", text, re.MULTILINE)
+    count = re.search(r"^group_counter_delivery_pass_seconds_count (\S+)$", text, re.MULTILINE)
+    if total is None or count is None:
+        return 0.0, 0
+    return float(total[1]), int(float(count[1]))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return 0.0
@@ -216,6 +231,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         not w.lost and (not w.arrivals or w.arrivals[-1][0] < last) for w in probes
     ):
         await asyncio.sleep(0.05)
+    passes = await delivery_passes(*await connections.get())
     while not connections.empty():
         connections.get_nowait()[1].close()
     reading.cancel()
@@ -246,6 +262,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "deliveries": len(latencies),
         "missing": missing,
         "out_of_order_probes": disorder,
+        "passes": passes[1],
+        "pass_ms_mean": passes[0] / passes[1] * 1000 if passes[1] else 0.0,
         "cut_off": sum(w.lost for w in probes) + sum(w.lost for w in bulk),
         "bytes": sum(w.bytes for w in probes) + sum(w.bytes for w in bulk),
     }
