@@ -35,6 +35,7 @@ ALERTS: Final = {
     "GroupCounterErrorRatioHigh",
     "GroupCounterInternalErrors",
     "GroupCounterLatencyP99High",
+    "GroupCounterDeliveryLagHigh",
     "GroupCounterRedisErrors",
     "GroupCounterPodsNotReady",
     "GroupCounterDown",
@@ -195,6 +196,9 @@ def test_alerts_fire_on_trouble_and_stay_quiet_on_a_healthy_service(tmp_path: Pa
         },
         {"series": f'up{{{job},instance="a"}}', "values": "1x30"},
         {"series": f'up{{{job},instance="b"}}', "values": "1x30"},
+        # Passes over the watchers within 100 ms.
+        {"series": f'group_counter_delivery_pass_seconds_bucket{{{job},le="0.1"}}', "values": "0+600x30"},
+        {"series": f'group_counter_delivery_pass_seconds_bucket{{{job},le="+Inf"}}', "values": "0+600x30"},
     ]
     trouble = [
         # Half the calls answer 10002, slowly; Redis calls fail; pod b stops answering.
@@ -221,6 +225,10 @@ def test_alerts_fire_on_trouble_and_stay_quiet_on_a_healthy_service(tmp_path: Pa
         {"series": f'group_counter_redis_errors_total{{{job},script="update"}}', "values": "0+600x30"},
         {"series": f'up{{{job},instance="a"}}', "values": "1x30"},
         {"series": f'up{{{job},instance="b"}}', "values": "0x30"},
+        # Passes over the watchers of 2 s: far more watchers than one worker writes to in time.
+        {"series": f'group_counter_delivery_pass_seconds_bucket{{{job},le="1"}}', "values": "0x30"},
+        {"series": f'group_counter_delivery_pass_seconds_bucket{{{job},le="2.5"}}', "values": "0+30x30"},
+        {"series": f'group_counter_delivery_pass_seconds_bucket{{{job},le="+Inf"}}', "values": "0+30x30"},
     ]
     tests = [
         {
@@ -235,6 +243,7 @@ def test_alerts_fire_on_trouble_and_stay_quiet_on_a_healthy_service(tmp_path: Pa
                 firing("GroupCounterErrorRatioHigh", "20m", {"severity": "warning"}),
                 firing("GroupCounterInternalErrors", "20m", {"severity": "critical"}),
                 firing("GroupCounterLatencyP99High", "20m", {"severity": "warning"}),
+                firing("GroupCounterDeliveryLagHigh", "20m", {"severity": "warning"}),
                 firing("GroupCounterRedisErrors", "20m", {"severity": "critical"}),
                 firing("GroupCounterPodsNotReady", "20m", {"severity": "warning"}),
                 quiet("GroupCounterDown", "20m"),
