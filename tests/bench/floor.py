@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from tests.bench.run import BenchError, Cpus
+from tests.bench.watchers import take
 
 
 def serve(sockets: int, nbytes: int, seconds: float) -> dict[str, Any]:
@@ -76,11 +77,7 @@ def read(port: int, sockets: int) -> None:
         streams.append(stream)
     while True:
         for stream in streams:
-            try:
-                while stream.recv(1 << 18):
-                    pass
-            except BlockingIOError:
-                pass
+            take(stream)
         time.sleep(0.2)
 
 

@@ -107,26 +107,39 @@ class Bulk:
 
     def drain(self) -> None:
         """Take whatever the kernel holds for this watcher."""
-        while not self.lost:
-            try:
-                data = self.sock.recv(1 << 18)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.lost = True
-                return
-            self.bytes += len(data)
+        if not self.lost:
+            taken, self.lost = take(self.sock)
+            self.bytes += taken
+
+
+def take(sock: socket.socket) -> tuple[int, bool]:
+    """Read a non-blocking socket until the kernel holds nothing more for it: the bytes
+    read, and whether its stream has ended."""
+    taken = 0
+    while True:
+        try:
+            data = sock.recv(1 << 18)
+        except BlockingIOError:
+            return taken, False
+        except OSError:
+            return taken, True
+        if not data:
+            return taken, True
+        taken += len(data)
+
+
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    """The body of the next HTTP/1.1 response on a keep-alive connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower())[1])  # type: ignore[index]
+    return await reader.readexactly(length)
 
 
 async def delivery_passes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[float, int]:
     """The service's own account of its passes over the watchers (its /metrics):
     seconds in all, and how many."""
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(re.search(rb"content-length: (\d+)", head.lower())[1])  # type: ignore[index]
-    text = (await reader.readexactly(length)).decode()
+    text = (await read_reply(reader)).decode()
     total = re.search(r"^group_counter_delivery_pass_seconds_sum (\S+)$", text, re.MULTILINE)
     count = re.search(r"^group_counter_delivery_pass_seconds_count (\S+)$", text, re.MULTILINE)
     if total is None or count is None:
@@ -205,9 +218,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def call() -> None:
         reader, writer = await connections.get()
         writer.write(post)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"content-length: (\d+)", head.lower())[1])  # type: ignore[index]
-        reply = await reader.readexactly(length)
+        reply = await read_reply(reader)
         acked = time.monotonic()
         connections.put_nowait((reader, writer))
         value = _VALUE.search(reply)
