@@ -1,27 +1,36 @@
 # syntax=docker/dockerfile:1
-# Two stages from the same base: the builder makes a wheel of the project and installs
-# it with its runtime dependencies into /opt/venv; the final image gets only /opt/venv.
+# Two stages from the same base, pinned by digest (`make pin-images` refreshes the pins): the
+# builder installs exactly uv.lock's runtime dependencies and the project (as a wheel, with
+# its Lua scripts) into /opt/venv with the hash-checked uv of deploy/uv-requirements.txt;
+# the final image gets only /opt/venv.
 #
-#   docker build -t group-counter:0.1.0 .
-#   docker run --rm -p 8080:8080 -p 9090:9090 -v "$PWD/deploy/config/dev.toml:/etc/group-counter/config.toml:ro" group-counter:0.1.0
+#   make image    (docker build with the version and revision labels, tagged group-counter:VERSION)
+#   docker run --rm -p 8080:8080 -p 9090:9090 -v "$PWD/deploy/config/dev.toml:/etc/group-counter/config.toml:ro" group-counter:VERSION
 #
 # ENTRYPOINT + CMD are exactly the Deployment's command + args (tests/test_deploy.py checks).
 
-FROM python:3.11-slim AS builder
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS builder
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY deploy/uv-requirements.txt ./
+RUN pip install --require-hashes -r uv-requirements.txt
+# The dependencies first, in their own layer: it is rebuilt only when the lock changes.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-install-project --no-editable
 COPY service ./service
 COPY lua ./lua
 COPY docs/openapi.json ./docs/openapi.json
-# The wheel ships lua/ as service/lua and docs/openapi.json as service/openapi.json
-# (pyproject's hatch force-include).
-RUN pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/*.whl
+# The project as a wheel: it ships lua/ as service/lua and docs/openapi.json as
+# service/openapi.json (pyproject's hatch force-include).
+RUN uv sync --frozen --no-editable
 
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -17,19 +17,54 @@ RUN_STAMP := $(VENV)/.installed-run
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= group-counter:$(VERSION)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,loadtest]'
+# Every install comes from uv.lock (hashes included), through the uv pinned in
+# deploy/uv-requirements.txt, itself hash-checked and bootstrapped from PyPI into .tools/.
+# --frozen: install exactly the lock, never re-resolve (a stale lock is an error, not an update).
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+UV_SYNC := $(UV) sync --frozen --python $(PYTHON)
+
+$(UV): deploy/uv-requirements.txt
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r deploy/uv-requirements.txt
+	touch $(UV)
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV_SYNC) --extra dev --extra loadtest
 	touch $(STAMP) $(RUN_STAMP)
 
-$(RUN_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e .
+# --inexact: add what serving needs without removing the dev tools a `make test` installed.
+$(RUN_STAMP): pyproject.toml uv.lock $(UV)
+	$(UV_SYNC) --inexact
 	touch $(RUN_STAMP)
 
-.PHONY: install  ## Create .venv and install the service with its dev tools
+.PHONY: install  ## Create .venv and install the service with its dev tools, exactly as locked
 install: $(STAMP)
+
+.PHONY: lock  ## Re-resolve every dependency to its newest allowed release into uv.lock, then make test
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(MAKE) test
+	@echo "uv.lock refreshed and the tests pass: commit it on its own (git add uv.lock)"
+
+# make lock-uv UV_VERSION=x.y.z: pin another uv (hash-checked) in deploy/uv-requirements.txt.
+UV_VERSION ?=
+.PHONY: lock-uv  ## Pin uv UV_VERSION (with its hashes) in deploy/uv-requirements.txt
+lock-uv: $(UV)
+	@test -n "$(UV_VERSION)" || { echo "usage: make lock-uv UV_VERSION=x.y.z" >&2; exit 1; }
+	@{ sed -n '1,2p' deploy/uv-requirements.txt; echo 'uv==$(UV_VERSION)' | $(UV) pip compile - --generate-hashes \
+	  --python-version 3.11 --no-header --quiet | grep -v '^ *# via'; } > deploy/uv-requirements.txt.new
+	mv deploy/uv-requirements.txt.new deploy/uv-requirements.txt
+
+# Base images are pinned by digest (Dockerfile, docker-compose.yml, deploy/overlays/dev/redis.yaml);
+# this pulls each tag and rewrites the pins to what the tag points at today.
+.PHONY: pin-images  ## Refresh the base images' digests from their registries (needs Docker and the network)
+pin-images:
+	@for tag in python:3.11-slim redis:7; do \
+	  docker pull --quiet $$tag >/dev/null && digest=$$(docker image inspect --format '{{index .RepoDigests 0}}' $$tag) || exit 1; \
+	  echo "$$tag -> $${digest#*@}"; \
+	  sed -i -E "s#$$tag(@sha256:[0-9a-f]{64})?#$$tag@$${digest#*@}#g" Dockerfile docker-compose.yml deploy/overlays/dev/redis.yaml; \
+	done
 
 .PHONY: redis-server  ## Make sure redis-server, wrk, node, openssl and promtool exist (apt-get install when root)
 redis-server:
@@ -121,7 +156,7 @@ LOCUST_ARGS ?=
 .PHONY: loadtest  ## Locust on TARGET: HTML/CSV report, summary and exactness verdict in RESULTS
 loadtest: $(STAMP)
 	@test -n "$$LOADTEST_SECRET_KEY" || { echo "LOADTEST_SECRET_KEY is not set: export the app's secret key (the dev config's: dev-secret-key-not-for-production)" >&2; exit 1; }
-	@$(PY) -c 'import locust' 2>/dev/null || $(PY) -m pip install --quiet -e '.[loadtest]'
+	@$(PY) -c 'import locust' 2>/dev/null || $(UV_SYNC) --inexact --extra loadtest
 	@mkdir -p $(RESULTS)
 	@status=0; \
 	$(PY) -m locust -f deploy/loadtest/locustfile.py --headless --only-summary \
@@ -144,7 +179,7 @@ bench-tools: $(STAMP) redis-server
 	@command -v node >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; \
 	  else echo "node is missing: sudo apt-get install nodejs" >&2; exit 1; fi; }
-	@{ $(PY) -c 'import matplotlib' && test -x $(VENV)/bin/py-spy; } 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	@{ $(PY) -c 'import matplotlib' && test -x $(VENV)/bin/py-spy; } 2>/dev/null || $(UV_SYNC) --inexact --extra bench
 
 .PHONY: bench  ## Benchmark vs the ceiling app: BENCHMARKS.md with the table, targets and chart
 bench: $(STAMP) redis-server bench-tools

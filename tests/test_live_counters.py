@@ -406,7 +406,7 @@ def test_with_live_counters_off_nothing_is_published_and_watch_is_unknown(redis_
     settings = parse_config("live_counters = false\n" + CONFIG, environ={})
     inspector = redis.Redis.from_url(redis_server.url)
     inspector.flushall()
-    listener = inspector.pubsub()  # type: ignore[no-untyped-call]
+    listener = inspector.pubsub()
     listener.psubscribe("*")
     listener.get_message(timeout=1)
     with TestClient(create_app(settings, open_store(redis_server.url, timeout=2.0))) as client:

@@ -88,9 +88,10 @@ def test_make_run_installs_only_the_service_not_the_dev_or_loadtest_tools() -> N
     # -W: as if pyproject.toml had just changed, so the install steps are printed (-n runs nothing).
     result = make("-n", "-W", "pyproject.toml", "run")
     assert result.returncode == 0, result.stderr
-    installs = [line for line in result.stdout.splitlines() if "pip install" in line]
+    installs = [line for line in result.stdout.splitlines() if " sync " in line]
     assert installs, result.stdout
-    assert all(line.rstrip().endswith("pip install --quiet -e .") for line in installs), installs
+    # Exactly the lock (--frozen), the runtime only (no --extra), keeping what else is installed.
+    assert all("sync --frozen" in line and line.rstrip().endswith("--inexact") for line in installs), installs
     assert "pytest" not in result.stdout
     assert "locust" not in result.stdout
 

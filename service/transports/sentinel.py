@@ -58,10 +58,7 @@ class SentinelTransport:
         }
         self.master_name = url.master
         self.db = url.db
-        # (redis-py's Sentinel has no annotations.)
-        self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            url.hosts, sentinel_kwargs=dict(socket_kwargs)
-        )
+        self.sentinel = Sentinel(url.hosts, sentinel_kwargs=dict(socket_kwargs))
         self.client: aioredis.Redis = self.sentinel.master_for(
             url.master,
             username=url.username,
