@@ -21,11 +21,11 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Final
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
-from service.lifecycle import exit_zero_after_graceful_shutdown
-from service.logs import setup_logging
-from service.store import EMBEDDED_URL
+from service.ops.lifecycle import exit_zero_after_graceful_shutdown
+from service.ops.logs import setup_logging
+from service.storage.store import EMBEDDED_URL
 
 if TYPE_CHECKING:
     from service.app import CommandFirst
@@ -40,7 +40,7 @@ SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example", "expor
 def app_from_env() -> CommandFirst:
     """uvicorn's factory: each worker process loads the config named in the environment."""
     from service.app import create_app
-    from service.protocol import HttpLimits, LimitedHttpToolsProtocol
+    from service.http.protocol import HttpLimits, LimitedHttpToolsProtocol
 
     settings = load_config(os.environ[CONFIG_ENV])
     setup_logging(settings.config.log_level, settings.config.log_format)
@@ -113,8 +113,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        # uvicorn's httptools protocol with the edge limits of the config (service/protocol.py).
-        http="service.protocol:LimitedHttpToolsProtocol",
+        # uvicorn's httptools protocol with the edge limits of the config (service/http/protocol.py).
+        http="service.http.protocol:LimitedHttpToolsProtocol",
         # Nothing here speaks WebSocket; with a WebSocket library installed, uvicorn would
         # otherwise hand any path an upgraded connection.
         ws="none",
@@ -179,8 +179,8 @@ def _check_connection(settings: Settings) -> int:
     import asyncio
 
     from service.errors import ServiceError
-    from service.store import open_store
-    from service.urls import redacted
+    from service.storage.store import open_store
+    from service.storage.urls import redacted
 
     where = redacted(settings.redis_url)
     if settings.redis_url == EMBEDDED_URL:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(args_in)
 
     if args.subcommand == "migrate":
-        from service.moving import migrate_command
+        from service.moving.cli import migrate_command
 
         try:
             return migrate_command(
@@ -311,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             case "curl-example":
                 return _curl_example(args, settings)
             case "export":
-                from service.moving import export_command
+                from service.moving.cli import export_command
 
                 return export_command(settings, args.sdkappid)
             case "import":
-                from service.moving import import_command
+                from service.moving.cli import import_command
 
                 return import_command(settings, args.input, args.on_conflict, args.dry_run)
             case _:

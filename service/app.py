@@ -17,20 +17,20 @@ from starlette.responses import Response
 from starlette.routing import Route, Router, request_response
 from starlette.types import Receive, Scope, Send
 
-from service.access_log import ACCESS
+from service.api.endpoint import CommandEndpoint, send_reply
 from service.config import Settings
-from service.demo import DemoPage
-from service.endpoint import CommandEndpoint, send_reply
 from service.errors import ErrorCode
-from service.lifecycle import mark_draining_on_signals, tune_gc_for_serving
-from service.metrics import flush_every_second, metrics_endpoint
-from service.metrics_server import serve_metrics
-from service.openapi import openapi_document
-from service.probes import Readiness, healthz
-from service.store import EMBEDDED_URL, Store, open_store
-from service.urls import redacted
-from service.watch import COMMAND as WATCH_COMMAND
-from service.watch import WatchEndpoint
+from service.http.openapi import openapi_document
+from service.http.probes import Readiness, healthz
+from service.live.demo import DemoPage
+from service.live.watch import COMMAND as WATCH_COMMAND
+from service.live.watch import WatchEndpoint
+from service.ops.access_log import ACCESS
+from service.ops.lifecycle import mark_draining_on_signals, tune_gc_for_serving
+from service.ops.metrics import flush_every_second, metrics_endpoint
+from service.ops.metrics_server import serve_metrics
+from service.storage.store import EMBEDDED_URL, Store, open_store
+from service.storage.urls import redacted
 from service.wire import encode_error
 
 log = logging.getLogger("service")

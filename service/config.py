@@ -15,7 +15,7 @@ from typing import Annotated, Final, Literal, get_args
 
 import msgspec
 
-from service import urls
+from service.storage import urls
 
 GroupMode = Literal["registered", "implicit"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -53,10 +53,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     usersig_cache_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 2**20
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
-    # /demo: a live counter page with a "like" button for end users (service/demo.py).
+    # /demo: a live counter page with a "like" button for end users (service/live/demo.py).
     # It embeds an end user's usersig: for a dev setup only.
     demo: bool = False
-    # The HTTP edge (service/protocol.py): what one client may cost a worker.
+    # The HTTP edge (service/http/protocol.py): what one client may cost a worker.
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16384
     max_url_bytes: Annotated[int, msgspec.Meta(ge=256)] = 8192
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0

@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings, parse_config
-from service.store import Store, open_store
-from service.transports.embedded import RedisPyTransport
+from service.storage.store import Store, open_store
+from service.storage.transports.embedded import RedisPyTransport
 from tests.support import CONFIG, Api, RedisServer
 from tests.topologies import Cluster
 

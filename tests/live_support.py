@@ -20,7 +20,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
-from service.store import Store
+from service.storage.store import Store
 from tests.support import REGISTERED_APP, free_port, post_command, query
 
 

@@ -22,9 +22,9 @@ from urllib.parse import urlencode
 import redis
 from starlette.testclient import TestClient
 
-from service import keys
-from service.access_log import ACCESS
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
+from service.ops.access_log import ACCESS
+from service.storage import keys
 
 REGISTERED_APP: Final = 1400000000
 IMPLICIT_APP: Final = 1400000001

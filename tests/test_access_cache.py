@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from service.access import Access, _cost
+from service.api.access import Access, _cost
 from service.config import parse_config
 from service.errors import ServiceError
 from tests.support import ADMIN, CONFIG, REGISTERED_APP, usersig_for

@@ -19,8 +19,8 @@ from typing import Any, Final
 import httpx2
 import pytest
 
-from service.access_log import ACCESS, FLUSH_SECONDS
-from service.logs import JsonFormatter, TextFormatter
+from service.ops.access_log import ACCESS, FLUSH_SECONDS
+from service.ops.logs import JsonFormatter, TextFormatter
 from tests.support import (
     CONFIG,
     REPO,

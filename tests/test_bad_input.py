@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.store import open_store
+from service.storage.store import open_store
 from tests.support import (
     ADMIN,
     IMPLICIT_APP,

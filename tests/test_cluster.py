@@ -24,9 +24,9 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.scripts import UPDATE_COUNTERS, Script, ScriptCall
-from service.store import Store, open_store
-from service.transports.cluster import ClusterTransport
+from service.storage.scripts import UPDATE_COUNTERS, Script, ScriptCall
+from service.storage.store import Store, open_store
+from service.storage.transports.cluster import ClusterTransport
 from tests.support import REGISTERED_APP, Api, group_key
 from tests.topologies import Cluster, Process, wait_for
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service import urls
-from service.auth import UsersigVerifier
+from service.api.auth import UsersigVerifier
 from service.config import ConfigError, load_config, parse_config
+from service.storage import urls
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

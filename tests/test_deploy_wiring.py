@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from service.config import parse_config
 from tests.support import RedisServer, free_port
 from tests.test_deploy import (

@@ -1,4 +1,4 @@
-"""service/feeds.py on its own: the sequencing of notices, without Redis or HTTP.
+"""service/live/feeds.py on its own: the sequencing of notices, without Redis or HTTP.
 
 A scripted store answers the snapshots and a scripted subscriber delivers the
 notices, so each rule of the feed is checked on exactly the order of events it is about.
@@ -13,12 +13,12 @@ from typing import Any, cast
 
 import pytest
 
-from service import feeds as feeds_module
-from service.feeds import Feeds, Watcher
-from service.metrics import Tally
-from service.scripts import ScriptCall
-from service.store import Store
-from service.transports.subscriber import Listener
+from service.live import feeds as feeds_module
+from service.live.feeds import Feeds, Watcher
+from service.ops.metrics import Tally
+from service.storage.scripts import ScriptCall
+from service.storage.store import Store
+from service.storage.transports.subscriber import Listener
 
 CHANNEL = "{1:g}:changes"
 

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from starlette.types import ASGIApp, Message, Scope
 
 from service.config import parse_config
-from service.keys import group_key
+from service.storage.keys import group_key
 from tests.support import ADMIN, CONFIG, IMPLICIT_APP, OTHER_APP, REGISTERED_APP, Api, usersig_for
 
 INT64_MIN: Final = -(2**63)

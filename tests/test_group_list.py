@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.config import Settings, parse_config
-from service.keys import group_id_from_key, group_key, idempotency_key
+from service.storage.keys import group_id_from_key, group_key, idempotency_key
 from tests.support import CONFIG, IMPLICIT_APP, OTHER_APP, Api, assert_ok
 
 LIST = "get_appid_group_list"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.keys import group_key, idempotency_key, rate_limit_key
+from service.storage.keys import group_key, idempotency_key, rate_limit_key
 from tests.support import IMPLICIT_APP, REGISTERED_APP, Api
 from tests.test_idempotency import UPDATE, _increase, _post
 

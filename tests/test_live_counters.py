@@ -22,18 +22,18 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from service import feeds as feeds_module
-from service import metrics as metrics_module
-from service import watch as watch_module
 from service.app import CommandFirst, create_app
 from service.config import Settings, parse_config
-from service.feeds import Feeds
-from service.keys import changes_channel
-from service.keys import group_key as group_key_text
-from service.metrics import Tally, render
-from service.scripts import UPDATE_COUNTERS
-from service.store import Store, open_store
-from service.transports.embedded import RedisPyTransport
+from service.live import feeds as feeds_module
+from service.live import watch as watch_module
+from service.live.feeds import Feeds
+from service.ops import metrics as metrics_module
+from service.ops.metrics import Tally, render
+from service.storage.keys import changes_channel
+from service.storage.keys import group_key as group_key_text
+from service.storage.scripts import UPDATE_COUNTERS
+from service.storage.store import Store, open_store
+from service.storage.transports.embedded import RedisPyTransport
 from tests.hostile import service_on_redis
 from tests.live_support import Served, Tape, Watch, serving
 from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, RedisServer, query, usersig_for

@@ -9,7 +9,7 @@ from typing import Final, Literal
 
 import pytest
 
-from service.logs import JsonFormatter, TextFormatter
+from service.ops.logs import JsonFormatter, TextFormatter
 from tests.support import Api, access_lines
 
 FORGED: Final = "g\n2026-01-01 00:00:00,000 INFO service.access: call request_id=forged error_code=0"

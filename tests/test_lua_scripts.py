@@ -20,11 +20,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import service.commands
-import service.listing
-import service.scripts
-import service.transfer
-from service.scripts import (
+import service.api.commands
+import service.api.listing
+import service.moving.transfer
+import service.storage.scripts
+from service.storage.scripts import (
     END_USER_LIMIT,
     IMPORT_GROUP,
     SCRIPTS,
@@ -34,7 +34,7 @@ from service.scripts import (
     ScriptCall,
     ScriptReply,
 )
-from service.store import Store
+from service.storage.store import Store
 from tests.support import END_USER_APP, IMPLICIT_APP, RATE_LIMITED_APP, Api, RedisServer, query
 
 INT64_MIN: Final = -(2**63)
@@ -43,7 +43,7 @@ LUA_DIR: Final = Path(__file__).resolve().parents[1] / "lua"
 # Every module that builds a ScriptCall of a script by its `scripts.NAME`.
 CALLER_SOURCES: Final = [
     Path(module.__file__ or "").read_text(encoding="utf-8")
-    for module in (service.commands, service.listing, service.transfer)
+    for module in (service.api.commands, service.api.listing, service.moving.transfer)
 ]
 SCRIPT_IDS: Final = [script.name for script in SCRIPTS]
 
@@ -74,7 +74,7 @@ def parse_header(script: Script) -> Header:
 
 
 def _script_named(attribute: str) -> Script:
-    script = getattr(service.scripts, attribute)
+    script = getattr(service.storage.scripts, attribute)
     assert isinstance(script, Script), f"scripts.{attribute} is not a Script"
     return script
 
@@ -145,7 +145,7 @@ def test_commands_call_each_script_with_the_documented_keys_and_fixed_argv() -> 
         variadic = len(fixed) != len(args.elts)
         assert len(fixed) == len(header.argv), f"line {call.lineno}: {script.name} fixed ARGV"
         assert variadic == (header.argv_rest is not None), f"line {call.lineno}: {script.name} ARGV tail"
-    # end_user_limit runs on its own, from service/rate_limit.py.
+    # end_user_limit runs on its own, from service/api/rate_limit.py.
     expected = {script.name for script in SCRIPTS} - {END_USER_LIMIT.name}
     assert called == expected, f"scripts never called: {called ^ expected}"
 

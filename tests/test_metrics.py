@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from service.metrics import _BOUNDS, _LATENCY_BUCKETS, REQUEST_SECONDS, _Latencies
+from service.ops.metrics import _BOUNDS, _LATENCY_BUCKETS, REQUEST_SECONDS, _Latencies
 
 
 def _exported(histogram: Histogram) -> dict[str, float]:

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from service.metrics import Tally
-from service.metrics import render as render_metrics
+from service.ops.metrics import Tally
+from service.ops.metrics import render as render_metrics
 from tests.test_deploy import DEPLOY, NAME, only, render
 
 MONITORING: Final = DEPLOY / "monitoring"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from service.protocol import OneWrite
+from service.http.protocol import OneWrite
 
 
 class RecordingTransport:

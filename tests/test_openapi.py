@@ -26,7 +26,7 @@ import httpx2
 import jsonschema_rs
 import pytest
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from service.errors import ErrorCode
 from tests.live_support import Event, Watch
 from tests.support import (

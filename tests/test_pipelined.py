@@ -19,10 +19,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.scripts import GET_COUNTERS, ScriptCall
-from service.transports.connection import PipelinedConnection
-from service.transports.pipelined import PipelinedTransport
-from service.urls import parse
+from service.storage.scripts import GET_COUNTERS, ScriptCall
+from service.storage.transports.connection import PipelinedConnection
+from service.storage.transports.pipelined import PipelinedTransport
+from service.storage.urls import parse
 from tests.support import RedisServer, free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

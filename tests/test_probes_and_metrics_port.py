@@ -19,8 +19,8 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.lifecycle import LIFECYCLE
-from service.store import open_store
+from service.ops.lifecycle import LIFECYCLE
+from service.storage.store import open_store
 from tests.support import CONFIG, REPO, ServiceProcess, free_port, query
 
 

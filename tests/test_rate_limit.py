@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.store import open_store
+from service.storage.store import open_store
 from tests.support import IMPLICIT_APP, RATE_LIMIT, RATE_LIMITED_APP, Api, RedisServer, query
 
 UPDATE = "/v4/group_open_http_svc/update_group_counter"

@@ -13,10 +13,10 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.scripts import GET_COUNTERS, ScriptCall
-from service.store import open_store
-from service.transports.sentinel import SentinelTransport
-from service.urls import parse
+from service.storage.scripts import GET_COUNTERS, ScriptCall
+from service.storage.store import open_store
+from service.storage.transports.sentinel import SentinelTransport
+from service.storage.urls import parse
 from tests.support import REGISTERED_APP, Api, group_key
 from tests.topologies import MASTER_NAME, SentinelSetup, wait_for
 

@@ -20,14 +20,14 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-import service.transfer
+import service.moving.transfer
 from service.app import create_app
 from service.config import Settings, parse_config
-from service.moving import export_apps
-from service.scripts import IMPORT_GROUP, ScriptCall, ScriptReply
-from service.store import Store, open_store
-from service.transfer import ImportReport, OnConflict, import_lines
-from service.transports.embedded import RedisPyTransport
+from service.moving.cli import export_apps
+from service.moving.transfer import ImportReport, OnConflict, import_lines
+from service.storage.scripts import IMPORT_GROUP, ScriptCall, ScriptReply
+from service.storage.store import Store, open_store
+from service.storage.transports.embedded import RedisPyTransport
 from tests.support import CONFIG, IMPLICIT_APP, OTHER_APP, REGISTERED_APP, REPO, Api, RedisServer
 from tests.test_lua_scripts import parse_header
 from tests.topologies import Cluster, SentinelSetup
@@ -365,5 +365,5 @@ def test_export_sorts_in_bounded_runs_and_gives_the_same_bytes(
 ) -> None:
     populate(single, settings)
     in_memory = export(single)
-    monkeypatch.setattr(service.transfer, "SORT_RUN", 3)  # every few GroupIds spill to a temp file
+    monkeypatch.setattr(service.moving.transfer, "SORT_RUN", 3)  # every few GroupIds spill to a temp file
     assert export(single) == in_memory

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import pytest
 
-from service.auth import UsersigVerifier, mint_usersig
+from service.api.auth import UsersigVerifier, mint_usersig
 from service.errors import ServiceError
 from tests.support import ADMIN, OTHER_APP, REGISTERED_APP, SECRET_KEYS, Api, usersig_for
 

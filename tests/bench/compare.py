@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from tests.bench.run import (
     ADMIN,
     ROOT,

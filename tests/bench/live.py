@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from tests.bench.floor import floor_pass
 from tests.bench.run import (
     ADMIN,

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from tests.bench.run import (
     ADMIN,
     SDKAPPID,

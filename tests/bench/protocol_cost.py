@@ -2,7 +2,7 @@
 
     python -m tests.bench.protocol_cost [REQUESTS]      (pin it: taskset -c 0 ...)
 
-uvicorn's HttpToolsProtocol against service.protocol.LimitedHttpToolsProtocol: a fake
+uvicorn's HttpToolsProtocol against service.http.protocol.LimitedHttpToolsProtocol: a fake
 transport, one keep-alive connection, a trivial ASGI app, uvloop; the best of 7 runs
 of REQUESTS requests each, twice in alternation. Paired wrk runs on a shared 2-core
 machine vary by +-5% between rounds; this isolates what the subclass adds.
@@ -21,7 +21,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.protocol import LimitedHttpToolsProtocol
+from service.http.protocol import LimitedHttpToolsProtocol
 
 REQUEST: Final = (
     b"POST /v4/group_open_http_svc/update_group_counter?sdkappid=1400000000&identifier=administrator"

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import redis
 
-from service.keys import group_key
+from service.storage.keys import group_key
 
 # Whatever the service sends to run a script; a command a script runs is listed in
 # commandstats too, under its own name, so summing these counts each call once.

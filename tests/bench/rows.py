@@ -28,8 +28,8 @@ from typing import Any, Final
 
 import redis
 
-from service.auth import mint_usersig
-from service.keys import group_key
+from service.api.auth import mint_usersig
+from service.storage.keys import group_key
 from tests.bench.redis_cost import RedisMeter
 from tests.bench.run import (
     ADMIN,

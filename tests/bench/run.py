@@ -63,7 +63,7 @@ from typing import Any, Final
 import httpx2
 import redis
 
-from service.auth import mint_usersig
+from service.api.auth import mint_usersig
 from tests.bench.redis_cost import (
     RedisMeter,
     bare_hash_memory,

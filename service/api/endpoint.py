@@ -1,0 +1,152 @@
+"""The command endpoint: the hot path of every call, read top to bottom.
+
+path (60009) → query string, usersig, admin (`Access`) → body → the command's one
+script → reply. It is a plain ASGI endpoint inside Starlette's router: a call needs
+none of Starlette's Request and Response objects or their wrappers, and under load
+that framework work is a large share of a call's cost. `_reply` is the one place a
+`ServiceError` becomes the wire envelope.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Final
+
+from starlette.types import Receive, Scope, Send
+
+from service.api.access import Access, EndUser
+from service.api.call import Call
+from service.api.commands import COMMANDS, END_USER_COMMANDS
+from service.config import Settings
+from service.errors import ErrorCode, ServiceError
+from service.http.body import BodyTooLarge, ClientGone, decode_request, read_body
+from service.ops.access_log import ACCESS
+from service.ops.metrics import TALLY
+from service.storage.store import Store
+from service.wire import encode_error
+
+log = logging.getLogger("service")
+
+_JSON: Final = (b"content-type", b"application/json")
+
+
+async def send_reply(send: Send, status: int, payload: bytes, request_id: bytes | None = None) -> None:
+    headers = [_JSON, (b"content-length", b"%d" % len(payload))]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestIds:
+    """The caller's X-Request-Id when it is sane, else `<process prefix>-<counter>`."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(4).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self, scope: Scope) -> bytes:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if 0 < len(value) <= 64 and value.isascii() and value.decode().isprintable():
+                    return bytes(value)
+                break
+        return f"{self._prefix}-{next(self._counter):x}".encode()
+
+
+def _idempotency_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            key: bytes = value
+            return key.decode("latin-1")
+    return None
+
+
+class CommandEndpoint:
+    def __init__(self, settings: Settings, store: Store, prefix: str) -> None:
+        self.prefix_length = len(prefix)
+        self.store = store
+        self.access = Access(
+            settings.apps,
+            cache_size=settings.config.usersig_cache_size,
+            cache_bytes=settings.config.usersig_cache_bytes,
+        )
+        self.max_body_bytes = settings.config.max_body_bytes
+        self.request_ids = RequestIds()
+
+    async def _end_user_call(self, name: str, end_user: EndUser, scope: Scope) -> Call:
+        """The checks an admin does not go through: the command is one an end user may
+        call (60010), the app's rate limit on its own (60007), then the end user's (61007)."""
+        writes = END_USER_COMMANDS.get(name)
+        if writes is None:
+            raise ServiceError(
+                ErrorCode.NOT_ADMIN, f"{name} needs an admin; end users may read and update counters"
+            )
+        call = Call(self.store, end_user.app, _idempotency_key(scope), end_user=end_user.identifier)
+        await call.count_end_user(writes=writes)
+        return call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        name: str = scope["path"][self.prefix_length :]
+        command = COMMANDS.get(name)
+        sdkappid: int | None = None
+        group_id: str | None = None
+        code = ErrorCode.OK
+        status = 200
+        TALLY.in_flight += 1
+        try:
+            if command is None or scope["method"] != "POST":
+                raise ServiceError(
+                    ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['method']} {scope['path']!r}"
+                )
+            principal = self.access.authorize(scope["query_string"])
+            if isinstance(principal, EndUser):
+                call = await self._end_user_call(name, principal, scope)
+            else:
+                call = Call(self.store, principal, _idempotency_key(scope))
+                if call.limit.before_body:  # its window is in another slot: counted on its own, first
+                    await call.limit.count_alone()
+            sdkappid = call.app.sdkappid
+            try:
+                request = decode_request(command, await read_body(scope, receive, self.max_body_bytes))
+                group_id = getattr(request, "group_id", None)
+                call.check_idempotency_key()
+                payload = await command.run(call, request)
+            except ServiceError:
+                # The limit is checked before the body: a call refused before its script
+                # ran still counts, and over the limit it answers 60007 instead.
+                await call.limit.count_alone()
+                raise
+        except ServiceError as exc:
+            code = exc.code
+            payload = encode_error(exc.code, exc.info)
+        except BodyTooLarge as exc:
+            code, status = ErrorCode.BAD_BODY, 413
+            payload = encode_error(code, str(exc))
+        except ClientGone:
+            log.debug("the client left before sending its whole body (%s)", name)
+            return
+        except Exception:
+            code = ErrorCode.INTERNAL
+            log.exception("unexpected fault in %s", name)
+            payload = encode_error(code, "internal error")
+        finally:
+            TALLY.in_flight -= 1
+
+        request_id = self.request_ids(scope)
+        try:
+            await send_reply(send, status, payload, request_id)
+        except RuntimeError as exc:
+            # uvloop closes a reset connection's transport before uvicorn hears of it, and
+            # uvicorn's send then raises: a client that left, not a fault of ours.
+            log.debug("the client left before its answer (%s): %s", name, exc)
+            return
+
+        elapsed = time.perf_counter() - started
+        label = name if command is not None else "unknown"
+        TALLY.call(label, code, elapsed)
+        ACCESS.call(request_id, label, sdkappid, group_id, code, elapsed)

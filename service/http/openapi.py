@@ -1,0 +1,26 @@
+"""GET /openapi.json: the OpenAPI 3.1 description of the commands (docs/openapi.json).
+
+The wheel carries the file as service/openapi.json (pyproject's force-include); a source
+checkout reads docs/openapi.json itself, so there is one copy to edit.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+@functools.cache
+def _document() -> bytes:
+    packaged = resources.files("service").joinpath("openapi.json")
+    if packaged.is_file():
+        return packaged.read_bytes()
+    return (Path(__file__).resolve().parents[2] / "docs" / "openapi.json").read_bytes()
+
+
+async def openapi_document(_: Request) -> Response:
+    return Response(_document(), media_type="application/json")

@@ -1,0 +1,620 @@
+"""Live counters: one feed per watched group per process, fanned out to its watchers.
+
+A feed holds the group's state as of its last notice (every counter, the version and
+the incarnation) and one subscription to the group's channel, however many watchers it
+has. It is the sequencer: a notice that continues its version is applied and sent to
+every watcher as one frame, encoded once; a notice that does not (a gap, another
+incarnation) and every new subscription (the first, or one renewed after a Redis
+restart, a failover, a resharding) make it read a snapshot, which goes to every watcher
+flagged as a resync. Notices that arrive while the snapshot is read wait, and those it
+already contains are dropped. So a watcher sees each version once, in order, or a resync.
+Frames are kept until every watcher has had them; a cursor walks the watchers, writing
+to each all it lacks in one write, so a frame reaches every watcher within one pass.
+
+Each watcher has a bounded buffer of frames not yet written to its socket. A watcher
+whose buffer overflows (a client that does not read, once its socket's own buffer is
+full) is ended: memory never grows with a slow reader, and its EventSource reconnects
+with Last-Event-ID and resyncs. The last watcher to leave ends the feed and its
+subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import msgspec
+from starlette.types import Send
+
+from service.api.commands import GroupSnapshot, read_snapshot
+from service.errors import ErrorCode, ServiceError
+from service.http.protocol import OneWrite
+from service.ops.metrics import TALLY
+from service.storage.store import Store
+from service.storage.transports.subscriber import Subscriber
+from service.wire import ChangeEvent, DestroyedEvent, GroupCounter, SnapshotEvent, encoder
+
+log = logging.getLogger("service.feeds")
+
+HEARTBEAT_SECONDS: Final = 15.0
+# Bytes of frames a watcher may hold unwritten beyond its socket's own buffer.
+WATCHER_BUFFER_BYTES: Final = 64 * 1024
+_HEARTBEAT: Final = b": heartbeat\n\n"
+_RETRY_FIRST: Final = 0.05
+_RETRY_LAST: Final = 2.0
+# Watchers a feed writes to in one step of the event loop: other calls run between steps.
+PUMP_SLICE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One published change: "<incarnation>\\xff<version>\\xff<kind>\\xff<item>..." (lua/include/live.lua)."""
+
+    incarnation: str
+    version: int
+    kind: bytes  # b"u" update (Key, value pairs), b"d" delete (Keys), b"x" destroy
+    items: list[bytes]
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Notice:
+        incarnation, version, kind, *items = payload.split(b"\xff")
+        return cls(incarnation.decode(), int(version), kind, items)
+
+
+def event_id(incarnation: str, version: int) -> str:
+    """The SSE id: a version means nothing outside the group's life it belongs to."""
+    return f"{incarnation}-{version}" if incarnation else "0"
+
+
+def _frame(event: str, ident: str, data: msgspec.Struct) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (ident.encode(), event.encode(), encoder.encode(data))
+
+
+class _Resume:
+    """Hands a coroutine that suspended while we drove it by hand to a task, to finish.
+
+    `coroutine.send(None)` ran it up to `blocker`, the future it waits on (the socket's
+    drain); awaiting this resumes it exactly where it stopped."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+        self.coroutine = coroutine
+        self.blocker = blocker
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        pending = self.blocker
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:  # cancelled: the coroutine learns it too
+                pending = self.coroutine.throw(exc)
+                continue
+            try:
+                pending = self.coroutine.send(value)
+            except StopIteration:
+                return
+
+
+class Watcher:
+    """One SSE client: frames go straight to its socket while it keeps up.
+
+    A frame for a watcher that is idle is written at once, from the feed's own step:
+    `send` runs to completion without suspending unless the socket's buffer is full
+    (uvicorn's flow control). Then, and only then, the watcher gets a task of its own
+    that waits for the socket to drain, frames queue meanwhile (bounded), and the task
+    writes them as one chunk when it can. So ten thousand watchers that keep up cost
+    one write each per pass of the feed's cursor and no task switch at all."""
+
+    __slots__ = (
+        "busy",
+        "ended",
+        "finished",
+        "frames",
+        "limit",
+        "overflowed",
+        "seen",
+        "send",
+        "size",
+        "transport",
+        "writer",
+    )
+
+    def __init__(self, limit: int) -> None:
+        self.frames: list[bytes] = []
+        self.size = 0
+        self.seen = 0  # the feed's number of the next frame this watcher needs (`Feed.add` sets it)
+        self.limit = limit
+        self.ended = False
+        self.overflowed = False
+        # Until the endpoint has sent the response's start and first frames, it owns the socket.
+        self.busy = True
+        self.send: Send | None = None
+        self.transport: Any = None
+        self.writer: asyncio.Future[None] | None = None
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def attach(self, send: Send) -> None:
+        """The endpoint has sent the response's start: frames may go to the socket now.
+
+        Under uvicorn's httptools server (the one `python -m service` runs) a chunked
+        response's socket is reachable from its `send`, and the feed's cursor then writes
+        one pre-framed chunk, the same bytes for watchers at the same point, straight to each socket:
+        one call and one syscall per watcher instead of a coroutine through the server's
+        send. Any other server gets `send`. Either way a watcher whose socket holds more
+        than `limit` unsent bytes is cut off."""
+        self.send = send
+        cycle = getattr(send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if isinstance(transport, OneWrite):  # nothing is held once the stream has begun
+            transport = transport.transport
+        if getattr(cycle, "chunked_encoding", None) is True and hasattr(transport, "get_write_buffer_size"):
+            self.transport = transport
+
+    def unsent(self) -> int:
+        """Bytes queued for this watcher and not yet taken by the kernel."""
+        transport = self.transport
+        return self.size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    def push(self, frame: bytes, framed: bytes | None = None) -> None:
+        """Queue or write `frame`; `framed` is the same as an HTTP/1.1 chunk, when known."""
+        if self.ended:
+            return
+        if not self.busy:
+            transport = self.transport
+            if transport is None or framed is None:
+                self._write_now(frame)
+            elif transport.is_closing():
+                self.end()
+            elif transport.get_write_buffer_size() > self.limit:
+                self.overflowed = True
+                self.end()
+            else:
+                transport.write(framed)
+            return
+        self.size += len(frame)
+        if self.size > self.limit:
+            # Cut off: what it holds is dropped with it, so its memory stays bounded.
+            self.frames.clear()
+            self.overflowed = True
+            self.end()
+        else:
+            self.frames.append(frame)
+
+    def end(self, frame: bytes = b"") -> None:
+        if frame:
+            self.push(frame)
+        self.ended = True
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _write_now(self, frame: bytes) -> None:
+        assert self.send is not None
+        message = {"type": "http.response.body", "body": frame, "more_body": True}
+        # An ASGI server's send is a coroutine function (uvicorn's is): driven by hand here.
+        coroutine = cast(Coroutine[Any, Any, None], self.send(message))
+        try:
+            blocker = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the client is gone: the endpoint ends the stream
+            self.end()
+            return
+        self.busy = True
+        self.writer = asyncio.ensure_future(self._finish(coroutine, blocker))
+
+    async def _finish(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+        try:
+            await _Resume(coroutine, blocker)
+            await self.flush()
+        except Exception:
+            self.end()
+
+    async def flush(self) -> None:
+        """Write what queued while the socket was busy, then take frames directly again."""
+        assert self.send is not None
+        while self.frames:
+            frames, self.frames, self.size = self.frames, [], 0
+            await self.send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        self.busy = False
+
+
+class Feed:
+    """One watched group in this process."""
+
+    def __init__(self, owner: Feeds, channel: str, group: str, group_id: str, registered: str) -> None:
+        self.owner = owner
+        self.channel = channel
+        self.group = group
+        self.group_id = group_id
+        self.registered = registered
+        self.watchers: set[Watcher] = set()
+        self.joining = 0
+        self.subscribed = False
+        self.snapshot: GroupSnapshot | None = None  # None: out of sync
+        self.counters: dict[str, int] = {}
+        self.incarnation = ""
+        self.version = 0
+        self.pending: list[Notice] = []
+        self.synced = asyncio.Event()
+        self.error: ServiceError | None = None
+        self.syncing: asyncio.Task[None] | None = None
+        self._snapshot_frames: dict[bool, bytes] = {}
+        # Delivery: frames not yet written to every watcher (`log`, the first of which is
+        # number `log_start`), and a cursor that walks `ring`, the watchers in order,
+        # writing to each what it has not had, all of it in one write (see `_pump`).
+        self.log: list[bytes] = []
+        self.log_start = 0
+        self.ring: list[Watcher] = []
+        self.cursor = 0
+        self.pumping = False
+        self.pass_started = 0.0
+
+    @property
+    def head(self) -> int:
+        """The number the next frame will have: a watcher with `seen == head` has them all."""
+        return self.log_start + len(self.log)
+
+    def add(self, watcher: Watcher) -> None:
+        watcher.seen = self.head
+        self.watchers.add(watcher)
+        self.ring.append(watcher)
+
+    def broadcast(self, frame: bytes) -> None:
+        self.log.append(frame)
+        if not self.pumping:
+            self.pumping = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Write to the next PUMP_SLICE watchers of the ring what each has not had yet.
+
+        One write per watcher is one system call, the bulk of a delivery's cost (a
+        profile with 10,000 watchers: over nine tenths of the worker's time in the
+        sockets' writes), so a watcher gets every frame it lacks in one write, and the
+        cursor does not go back to the start of the ring for a new frame: a frame that
+        arrives mid-pass goes to the rest of this pass and to the others on the next,
+        so every frame reaches every watcher within one pass of the ring, however many
+        frames arrive meanwhile. Between slices the loop serves other calls."""
+        ring, head, log, start = self.ring, self.head, self.log, self.log_start
+        if self.cursor == 0:
+            self.pass_started = time.perf_counter()
+        end = min(self.cursor + PUMP_SLICE, len(ring))
+        chunks: dict[int, tuple[bytes, bytes]] = {}
+        for index in range(self.cursor, end):
+            watcher = ring[index]
+            seen = watcher.seen
+            if seen == head or watcher.ended:
+                continue
+            pending = chunks.get(seen)
+            if pending is None:
+                chunk = b"".join(log[seen - start :])
+                # chunked transfer encoding, built once for every watcher at this point
+                pending = chunks[seen] = (chunk, b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            watcher.seen = head
+            watcher.push(*pending)
+        self.cursor = end
+        if end == len(ring) and self._wrap():
+            self.pumping = False
+            return
+        asyncio.get_running_loop().call_soon(self._pump)
+
+    def _wrap(self) -> bool:
+        """At the end of the ring: drop the watchers that left and the frames every
+        watcher has had, and start again; True when every watcher has every frame."""
+        # A frame waits at most about one pass to reach every watcher: the delivery lag.
+        TALLY.delivery_pass(time.perf_counter() - self.pass_started)
+        self.owner.drop_overflowed(self)
+        watchers = self.watchers
+        self.ring = [watcher for watcher in self.ring if watcher in watchers and not watcher.ended]
+        oldest = min((watcher.seen for watcher in self.ring), default=self.head)
+        del self.log[: oldest - self.log_start]
+        self.log_start = oldest
+        self.cursor = 0
+        return not self.log
+
+    def _deliver_all(self) -> None:
+        """Every watcher gets every frame it lacks, now (before its stream's last frame)."""
+        head, log, start = self.head, self.log, self.log_start
+        for watcher in self.ring:
+            if watcher.seen != head and watcher in self.watchers:
+                watcher.push(b"".join(log[watcher.seen - start :]))
+                watcher.seen = head
+        self.log.clear()
+        self.log_start = head
+
+    @property
+    def in_sync(self) -> bool:
+        return self.snapshot is not None
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.incarnation, self.version)
+
+    def snapshot_frame(self, resync: bool) -> bytes:
+        frame = self._snapshot_frames.get(resync)
+        if frame is None:
+            counters = [GroupCounter(key=key, value=value) for key, value in sorted(self.counters.items())]
+            event = SnapshotEvent(self.group_id, self.version, resync, counters)
+            frame = self._snapshot_frames[resync] = _frame("snapshot", self.event_id, event)
+        return frame
+
+    # ---- the subscription's news ----
+
+    def ready(self) -> None:
+        self.subscribed = True
+        self.resync()
+
+    def lost(self) -> None:
+        self.subscribed = False
+        self._out_of_sync()
+
+    def _out_of_sync(self) -> None:
+        self.snapshot = None
+        self.synced.clear()
+        self.pending.clear()
+        if self.syncing is not None:
+            self.syncing.cancel()
+            self.syncing = None
+
+    def resync(self) -> None:
+        self._out_of_sync()
+        self.syncing = asyncio.create_task(self._sync())
+
+    def notice(self, notice: Notice) -> None:
+        if not self.subscribed:
+            return
+        if self.snapshot is None:
+            self.pending.append(notice)
+            return
+        self._apply(notice)
+
+    # ---- the state ----
+
+    def _apply(self, notice: Notice) -> None:
+        same_life = notice.incarnation == self.incarnation
+        if same_life and notice.version <= self.version:
+            return  # already in the snapshot
+        if notice.kind == b"x":
+            self._destroyed(notice.incarnation, notice.version)
+            return
+        if not (same_life and notice.version == self.version + 1) and not (
+            self.version == 0 and notice.version == 1
+        ):
+            log.info(
+                "live counters: group %r jumped from %s to %s: resync",
+                self.group_id,
+                self.event_id,
+                event_id(notice.incarnation, notice.version),
+            )
+            self.resync()
+            self.pending.append(notice)
+            return
+        self.incarnation, self.version = notice.incarnation, notice.version
+        self._snapshot_frames.clear()
+        items = notice.items
+        if notice.kind == b"u":
+            changed = []
+            for key, value in zip(items[0::2], items[1::2], strict=True):
+                name = key.decode()
+                self.counters[name] = number = int(value)
+                changed.append(GroupCounter(key=name, value=number))
+            event = ChangeEvent(self.group_id, self.version, changed, [])
+        else:
+            deleted = [key.decode() for key in items]
+            for name in deleted:
+                self.counters.pop(name, None)
+            event = ChangeEvent(self.group_id, self.version, [], deleted)
+        self.broadcast(_frame("change", self.event_id, event))
+
+    def _end_watchers(self, incarnation: str, version: int) -> None:
+        frame = _frame("destroyed", event_id(incarnation, version), DestroyedEvent(self.group_id, version))
+        self._deliver_all()
+        watchers, self.watchers, self.ring = self.watchers, set(), []
+        for watcher in watchers:
+            watcher.end(frame)
+
+    def _destroyed(self, incarnation: str, version: int) -> None:
+        self._end_watchers(incarnation, version)
+        self._out_of_sync()
+        if self.joining:
+            self.resync()  # what a watcher on its way finds now: 10010, or (implicit) an empty group
+        else:
+            self.owner.release(self)
+
+    async def _sync(self) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                snapshot = await read_snapshot(self.owner.store, self.registered, self.group, self.group_id)
+                break
+            except ServiceError as exc:
+                if exc.code != ErrorCode.INTERNAL:
+                    self._refused(exc)
+                    return
+                log.info("live counters: snapshot of %r failed; retrying in %.2f s", self.group_id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_LAST)
+        self.syncing = None
+        resynced = self.snapshot is None and bool(self.watchers)
+        self.snapshot = snapshot
+        self.counters = dict(snapshot.counters)
+        self.incarnation, self.version = snapshot.incarnation, snapshot.version
+        self._snapshot_frames.clear()
+        self.error = None
+        if resynced:
+            self.broadcast(self.snapshot_frame(resync=True))
+            TALLY.resync_snapshots("gap", len(self.watchers))
+        pending, self.pending = self.pending, []
+        caught_up = False
+        for notice in pending:
+            if self.snapshot is None:  # a gap in what waited: another snapshot is on its way
+                self.pending.append(notice)
+                continue
+            # A notice of another life of the group that waited for this snapshot was
+            # published before it (a later life would start with the destroy of this
+            # one): the snapshot holds its outcome, and resyncing on it would never end.
+            if (
+                not caught_up
+                and notice.incarnation != self.incarnation
+                and not (self.version == 0 and notice.version == 1)
+            ):
+                continue
+            caught_up = True
+            self._apply(notice)
+        if self.snapshot is not None:
+            self.synced.set()
+
+    def _refused(self, exc: ServiceError) -> None:
+        """The group is gone (10010: destroyed while the subscription was down) or is
+        not one with counters (10007): watchers end, watchers on their way are refused."""
+        self.syncing = None
+        self._end_watchers(self.incarnation, self.version + 1)
+        self.error = exc
+        self.synced.set()
+        self.owner.release(self)
+
+
+class Feeds:
+    """Every feed of this process, and the subscriber they share (the subscription `Listener`)."""
+
+    def __init__(self, store: Store, *, timeout: float, buffer_bytes: int = WATCHER_BUFFER_BYTES) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.buffer_bytes = buffer_bytes
+        self.feeds: dict[str, Feed] = {}
+        self._subscriber: Subscriber | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @property
+    def subscriber(self) -> Subscriber:
+        if self._subscriber is None:
+            self._subscriber = self.store.transport.subscriber()
+            self._subscriber.start(self)
+            self._heartbeat = asyncio.create_task(self._beat())
+        return self._subscriber
+
+    def watchers(self) -> int:
+        return sum(len(feed.watchers) for feed in self.feeds.values())
+
+    async def join(
+        self, channel: str, group: str, group_id: str, registered: str, last_event_id: str | None
+    ) -> Watcher:
+        """A new watcher of the group, its first frame queued: a snapshot, flagged as a
+        resync when it came with a Last-Event-ID the group has moved on from, or none
+        when the group is still at that id. 10010/10007 as a read; 10002 when the
+        subscription or the snapshot cannot be had within `timeout`."""
+        if self.closed:
+            raise ServiceError(ErrorCode.INTERNAL, "internal error: the service is shutting down")
+        feed = self.feeds.get(channel)
+        if feed is None:
+            feed = self.feeds[channel] = Feed(self, channel, group, group_id, registered)
+            self.subscriber.subscribe(channel)
+            TALLY.watched_groups += 1
+        feed.joining += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                while not feed.in_sync:
+                    await feed.synced.wait()
+                    if feed.error is not None and not feed.in_sync:
+                        raise feed.error
+        except TimeoutError:
+            raise ServiceError(
+                ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
+            ) from None
+        finally:
+            feed.joining -= 1
+            if not feed.in_sync:
+                self.release(feed)
+        # From here to the return nothing awaits: the snapshot and the first notice
+        # after it meet in this watcher's queue in order. The watcher starts at the
+        # feed's head: frames already sent out are in the state it is shown.
+        watcher = Watcher(self.buffer_bytes)
+        if last_event_id != feed.event_id:
+            watcher.push(feed.snapshot_frame(resync=last_event_id is not None))
+            TALLY.resync_snapshots("reconnect", int(last_event_id is not None))
+        feed.add(watcher)
+        return watcher
+
+    def leave(self, channel: str, watcher: Watcher) -> None:
+        feed = self.feeds.get(channel)
+        if feed is not None:
+            feed.watchers.discard(watcher)
+            self.release(feed)
+
+    def release(self, feed: Feed) -> None:
+        """End the feed and its subscription when no watcher is left or on the way."""
+        if feed.watchers or feed.joining or self.feeds.get(feed.channel) is not feed:
+            return
+        del self.feeds[feed.channel]
+        TALLY.watched_groups -= 1
+        feed._out_of_sync()
+        if self._subscriber is not None:
+            self._subscriber.unsubscribe(feed.channel)
+
+    def drop_overflowed(self, feed: Feed) -> None:
+        overflowed = [watcher for watcher in feed.watchers if watcher.overflowed]
+        if overflowed:
+            log.warning(
+                "live counters: %d watcher(s) of %r cut off: over %d bytes unread",
+                len(overflowed),
+                feed.group_id,
+                self.buffer_bytes,
+            )
+            feed.watchers.difference_update(overflowed)
+            self.release(feed)
+
+    # ---- Listener ----
+
+    def on_ready(self, channel: str) -> None:
+        feed = self.feeds.get(channel)
+        if feed is not None:
+            feed.ready()
+
+    def on_lost(self, channel: str) -> None:
+        feed = self.feeds.get(channel)
+        if feed is not None:
+            feed.lost()
+
+    def on_message(self, channel: str, payload: bytes) -> None:
+        feed = self.feeds.get(channel)
+        if feed is None:
+            return
+        try:
+            notice = Notice.parse(payload)
+        except ValueError:
+            log.error("live counters: unreadable notice on %r: %r", channel, payload[:200])
+            feed.resync()
+            return
+        feed.notice(notice)
+
+    async def _beat(self) -> None:
+        """A comment every HEARTBEAT_SECONDS to every watcher, so proxies keep the connection."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            for feed in list(self.feeds.values()):
+                feed.broadcast(_HEARTBEAT)
+
+    def end_all(self) -> None:
+        """Shutting down: every stream ends now (its client reconnects elsewhere)."""
+        self.closed = True
+        for feed in self.feeds.values():
+            for watcher in feed.watchers:
+                watcher.end()
+
+    async def close(self) -> None:
+        self.end_all()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for feed in self.feeds.values():
+            feed._out_of_sync()
+        TALLY.watched_groups -= len(self.feeds)
+        self.feeds.clear()
+        if self._subscriber is not None:
+            await self._subscriber.close()
