@@ -4,8 +4,8 @@
 # its Lua scripts) into /opt/venv with the hash-checked uv of deploy/uv-requirements.txt;
 # the final image gets only /opt/venv.
 #
-#   make image    (docker build with the version and revision labels, tagged group-counter:VERSION)
-#   docker run --rm -p 8080:8080 -p 9090:9090 -v "$PWD/deploy/config/dev.toml:/etc/group-counter/config.toml:ro" group-counter:VERSION
+#   make image    (docker build with the version and the git revision as build arguments)
+#   docker run --rm -p 8080:8080 -p 9090:9090 -v "$PWD/deploy/config/dev.toml:/etc/group-counter/config.toml:ro" <the image make image names>
 #
 # ENTRYPOINT + CMD are exactly the Deployment's command + args (tests/test_deploy.py checks).
 
@@ -35,6 +35,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=builder /opt/venv /opt/venv
+# What build this is: `make image` passes both; VERSION's default is pyproject's version
+# (tests/test_deploy.py checks), so a plain `docker build` labels it right too. The service
+# reads the revision from GROUP_COUNTER_REVISION (--version, the log, group_counter_build_info).
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="group-counter" \
+      org.opencontainers.image.description="Self-hosted group counters speaking the hosted chat platform's REST commands, on Redis" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="$VERSION" \
+      org.opencontainers.image.revision="$REVISION"
+ENV GROUP_COUNTER_REVISION=$REVISION
 # No passwd entry needed: numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 # 8080 the API, 9090 /metrics.

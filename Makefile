@@ -16,6 +16,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # (tests/test_deploy.py checks they agree).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= group-counter:$(VERSION)
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
 # Every install comes from uv.lock (hashes included), through the uv pinned in
 # deploy/uv-requirements.txt, itself hash-checked and bootstrapped from PyPI into .tools/.
@@ -66,11 +67,11 @@ pin-images:
 	  sed -i -E "s#$$tag(@sha256:[0-9a-f]{64})?#$$tag@$${digest#*@}#g" Dockerfile docker-compose.yml deploy/overlays/dev/redis.yaml; \
 	done
 
-.PHONY: redis-server  ## Make sure redis-server, wrk, node, openssl and promtool exist (apt-get install when root)
+.PHONY: redis-server  ## Make sure redis-server, wrk, node, openssl, jq and promtool exist (apt-get install when root)
 redis-server:
-	@{ command -v redis-server && command -v wrk && command -v node && command -v openssl; } >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl >/dev/null; \
-	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl" >&2; exit 1; fi; }
+	@{ command -v redis-server && command -v wrk && command -v node && command -v openssl && command -v jq; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk nodejs openssl jq >/dev/null; \
+	  else echo "a test tool is missing: sudo apt-get install redis-server wrk nodejs openssl jq" >&2; exit 1; fi; }
 	@# The demo page's test runs a real headless Chromium (Debian's, with its chromedriver).
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
@@ -85,9 +86,17 @@ run: $(RUN_STAMP)
 	@$(PY) -m service curl-example --config $(DEV_CONFIG) --host $(HOST) --port $(PORT) --require-free-port
 	$(PY) -m service --host $(HOST) --port $(PORT) --config $(DEV_CONFIG)
 
+# make release VERSION=x.y.z: the version bumped everywhere it is written, the CHANGELOG's
+# Unreleased section dated, one commit and the tag vX.Y.Z (deploy/release.py), then the image.
+.PHONY: release  ## Release VERSION=x.y.z: bump, CHANGELOG, commit, tag vX.Y.Z, then make image
+release: $(UV)
+	$(PYTHON) deploy/release.py $(VERSION) --uv $(UV)
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then $(MAKE) image; \
+	else echo "no Docker engine here: run 'make image' at the tag v$(VERSION) where there is one"; fi
+
 .PHONY: image  ## Build the container image group-counter:VERSION (needs a Docker engine)
 image:
-	docker build -t $(IMAGE) .
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
 
 # make cert [CERT_DIR=certs] [CERT_HOSTS='DNS:console.tim.qq.com,DNS:localhost,IP:127.0.0.1']
 # A local CA (ca.pem: what clients trust) and a server certificate signed by it (cert.pem,
@@ -118,13 +127,13 @@ cert:
 
 .PHONY: format  ## Fix formatting and autofixable lint
 format: $(STAMP)
-	$(VENV)/bin/ruff format service tests deploy/loadtest
-	$(VENV)/bin/ruff check --fix service tests deploy/loadtest
+	$(VENV)/bin/ruff format service tests deploy/loadtest deploy/release.py
+	$(VENV)/bin/ruff check --fix service tests deploy/loadtest deploy/release.py
 
 .PHONY: lint  ## ruff and mypy --strict
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests deploy/loadtest
-	$(VENV)/bin/ruff format --check service tests deploy/loadtest
+	$(VENV)/bin/ruff check service tests deploy/loadtest deploy/release.py
+	$(VENV)/bin/ruff format --check service tests deploy/loadtest deploy/release.py
 	$(VENV)/bin/mypy
 
 .PHONY: test  ## Lint, then every test against a real redis-server and the embedded store

@@ -7,6 +7,8 @@ python -m service curl-example --config FILE [--port PORT] [--require-free-port]
 python -m service export --config FILE [--sdkappid N] > groups.jsonl
 python -m service import --config FILE [--input FILE] [--dry-run] [--on-conflict skip|overwrite|fail]
 python -m service migrate --from URL --sdkappid N --identifier ADMIN --secret-key-env NAME [--to CONFIG]
+python -m service upgrade --config FILE [--dry-run]
+python -m service --version
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 from service.api.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
+from service.ops.build import describe
 from service.ops.lifecycle import exit_zero_after_graceful_shutdown
 from service.ops.logs import setup_logging
 from service.storage.store import EMBEDDED_URL
@@ -34,7 +37,19 @@ CONFIG_ENV: Final = "SERVICE_CONFIG"
 # --metrics-port reaches uvicorn's worker processes through these, as the config path does.
 METRICS_HOST_ENV: Final = "SERVICE_METRICS_HOST"
 METRICS_PORT_ENV: Final = "SERVICE_METRICS_PORT"
-SUBCOMMANDS: Final = ("serve", "usersig", "check-config", "curl-example", "export", "import", "migrate")
+SUBCOMMANDS: Final = (
+    "serve",
+    "usersig",
+    "check-config",
+    "curl-example",
+    "export",
+    "import",
+    "migrate",
+    "upgrade",
+)
+# Set by `serve` when Redis did not answer its start-up format check: each worker then
+# checks the storage format itself once Redis answers, and exits if it must not serve.
+CHECK_FORMAT_ENV: Final = "SERVICE_CHECK_FORMAT_IN_WORKER"
 
 
 def app_from_env() -> CommandFirst:
@@ -57,10 +72,15 @@ def app_from_env() -> CommandFirst:
             max_pipelined=config.max_pipelined,
         )
     )
+    check_format = os.environ.get(CHECK_FORMAT_ENV) == "1"
     metrics_port = os.environ.get(METRICS_PORT_ENV)
     if metrics_port:
-        return create_app(settings, metrics_address=(os.environ[METRICS_HOST_ENV], int(metrics_port)))
-    return create_app(settings)
+        return create_app(
+            settings,
+            metrics_address=(os.environ[METRICS_HOST_ENV], int(metrics_port)),
+            check_storage_format=check_format,
+        )
+    return create_app(settings, check_storage_format=check_format)
 
 
 def _pick_app(settings: Settings, sdkappid: int | None) -> App:
@@ -97,7 +117,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None and args.metrics_port == args.port:
         raise ConfigError("--metrics-port must differ from --port")
     setup_logging(settings.config.log_level, settings.config.log_format)
+    logging.getLogger("service").info("%s starting", describe())
     _warn_if_files_run_out(settings.config.max_connections)
+    refusal = _check_format_before_serving(settings)
+    if refusal is not None:
+        return refusal
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     if args.metrics_port is not None:
         os.environ[METRICS_HOST_ENV] = args.host
@@ -126,6 +150,90 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
     )
+    return 0
+
+
+def _check_format_before_serving(settings: Settings) -> int | None:
+    """The exit code when the data in Redis is in a format this release must not serve.
+    A Redis that does not answer now is no reason to stop: the workers check once it does."""
+    import asyncio
+
+    from service.errors import ServiceError
+    from service.storage.format import EXIT_WRONG_FORMAT, StorageFormatError, check_format
+    from service.storage.store import open_store
+
+    if settings.redis_url == EMBEDDED_URL:
+        return None  # new and empty at every start
+
+    async def check() -> None:
+        store = open_store(settings.redis_url, timeout=settings.config.redis_timeout, max_pending=64)
+        try:
+            await asyncio.wait_for(check_format(store), timeout=max(5.0, 3 * settings.config.redis_timeout))
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(check())
+    except StorageFormatError as exc:
+        logging.getLogger("service").critical("refusing to serve: %s", exc)
+        return EXIT_WRONG_FORMAT
+    except (ServiceError, TimeoutError) as exc:
+        logging.getLogger("service").warning(
+            "redis did not answer the storage format check (%s); each worker checks once it does", exc
+        )
+        os.environ[CHECK_FORMAT_ENV] = "1"
+    return None
+
+
+def _upgrade(settings: Settings, dry_run: bool) -> int:
+    import asyncio
+
+    from service.errors import ServiceError
+    from service.storage.format import CURRENT_FORMAT, StorageFormatError, read_format
+    from service.storage.store import open_store
+    from service.storage.upgrade import Upgrade, UpgradeReport, describe_release
+
+    if settings.redis_url == EMBEDDED_URL:
+        raise ConfigError(
+            "redis_url is memory://: the embedded store is new at every start, there is nothing to upgrade"
+        )
+
+    def progress(report: UpgradeReport) -> None:
+        print(
+            f"upgrade: {report.keys_seen} keys scanned, {report.renamed} groups renamed, "
+            f"{report.records_converted} records converted, {len(report.conflicts)} conflicts",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def run() -> tuple[int | None, UpgradeReport]:
+        store = open_store(settings.redis_url, timeout=max(settings.config.redis_timeout, 5.0))
+        try:
+            held = await read_format(store)
+            return held, await Upgrade(store, dry_run=dry_run, progress=progress).run()
+        finally:
+            await store.close()
+
+    try:
+        held, report = asyncio.run(run())
+    except StorageFormatError as exc:
+        print(f"upgrade refused: {exc}", file=sys.stderr)
+        return 2
+    except ServiceError as exc:
+        print(f"upgrade stopped: {exc.info}; rerun it: it goes on where it stopped", file=sys.stderr)
+        return 1
+    print(f"found: {describe_release(held)}")
+    if held == CURRENT_FORMAT:
+        print(f"the data is in storage format {CURRENT_FORMAT} already: nothing to do")
+        return 0
+    print(report.summary(dry_run))
+    if report.conflicts:
+        print("the format marker was not written: resolve the conflicts above and rerun", file=sys.stderr)
+        return 1
+    if dry_run:
+        print("dry run: nothing was written")
+        return 0
+    print(f"done: the data is in storage format {CURRENT_FORMAT} (marker written)")
     return 0
 
 
@@ -206,11 +314,63 @@ def _check_connection(settings: Settings) -> int:
         print(f"redis: {where} did not answer: {exc.info}", file=sys.stderr)
         return 1
     print(f"redis: {where} ran a script in {seconds * 1000:.1f} ms")
-    return 0
+    return _check_storage_format(settings)
+
+
+def _check_storage_format(settings: Settings) -> int:
+    """check-config --connect: whether this release may serve the data, without marking it."""
+    import asyncio
+
+    from service.errors import ServiceError
+    from service.storage.format import (
+        CURRENT_FORMAT,
+        EXIT_WRONG_FORMAT,
+        StorageFormatError,
+        holds_any_group,
+        read_format,
+    )
+    from service.storage.store import open_store
+
+    async def inspect() -> tuple[int | None, bool]:
+        store = open_store(settings.redis_url, timeout=settings.config.redis_timeout, max_pending=64)
+        try:
+            held = await read_format(store)
+            return held, (held is None and await holds_any_group(store))
+        finally:
+            await store.close()
+
+    try:
+        held, legacy = asyncio.run(inspect())
+    except ServiceError as exc:
+        print(f"storage: could not read the format marker: {exc.info}", file=sys.stderr)
+        return 1
+    except StorageFormatError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        return EXIT_WRONG_FORMAT
+    if held == CURRENT_FORMAT:
+        print(f"storage: format {CURRENT_FORMAT}, the one this release serves")
+        return 0
+    if held is None and not legacy:
+        print(f"storage: no groups yet; the service marks it format {CURRENT_FORMAT} when it starts")
+        return 0
+    what = "groups of release 0.1.0 (format 1, no marker)" if held is None else f"storage format {held}"
+    print(
+        f"storage: this Redis holds {what}; this release serves format {CURRENT_FORMAT}: "
+        + (
+            "run `python -m service upgrade --config FILE`"
+            if held is None or held < CURRENT_FORMAT
+            else "run the newer release that wrote it"
+        ),
+        file=sys.stderr,
+    )
+    return EXIT_WRONG_FORMAT
 
 
 def main(argv: list[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["--version"]:
+        print(describe())
+        return 0
     if not args_in or args_in[0] not in (*SUBCOMMANDS, "-h", "--help"):
         args_in.insert(0, "serve")
 
@@ -276,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         "--retries", type=int, default=8, help="retries of one call before stopping (default 8)"
     )
     move.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles)")
-    for command in (serve, usersig, curl, sub.choices["check-config"], export, load):
+    upgrade = sub.add_parser(
+        "upgrade", help="bring the data in Redis to this release's storage format (UPGRADING.md)"
+    )
+    upgrade.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    for command in (serve, usersig, curl, sub.choices["check-config"], export, load, upgrade):
         command.add_argument("--config", required=True, help="TOML config file")
     args = parser.parse_args(args_in)
 
@@ -318,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                 from service.moving.cli import import_command
 
                 return import_command(settings, args.input, args.on_conflict, args.dry_run)
+            case "upgrade":
+                return _upgrade(settings, args.dry_run)
             case _:
                 print(
                     f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://"

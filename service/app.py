@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -19,16 +20,18 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.endpoint import CommandEndpoint, send_reply
 from service.config import Settings
-from service.errors import ErrorCode
+from service.errors import ErrorCode, ServiceError
 from service.http.openapi import openapi_document
 from service.http.probes import Readiness, healthz
 from service.live.demo import DemoPage
 from service.live.watch import COMMAND as WATCH_COMMAND
 from service.live.watch import WatchEndpoint
 from service.ops.access_log import ACCESS
+from service.ops.build import revision, version
 from service.ops.lifecycle import mark_draining_on_signals, tune_gc_for_serving
-from service.ops.metrics import flush_every_second, metrics_endpoint
+from service.ops.metrics import flush_every_second, metrics_endpoint, publish_build_info
 from service.ops.metrics_server import serve_metrics
+from service.storage.format import EXIT_WRONG_FORMAT, StorageFormatError, check_format
 from service.storage.store import EMBEDDED_URL, Store, open_store
 from service.storage.urls import redacted
 from service.wire import encode_error
@@ -82,13 +85,35 @@ class CommandFirst:
             await self.router(scope, receive, send)
 
 
+async def _refuse_a_format_it_cannot_serve(store: Store) -> None:
+    """Once Redis answers: a process that must not serve the data's format exits (code 3)."""
+    while True:
+        try:
+            await check_format(store)
+            return
+        except StorageFormatError as exc:
+            log.critical("refusing to serve: %s", exc)
+            ACCESS.flush()
+            logging.shutdown()
+            os._exit(EXIT_WRONG_FORMAT)
+        except ServiceError:
+            await asyncio.sleep(1.0)  # Redis went away again: the check waits for it
+
+
 def create_app(
-    settings: Settings, store: Store | None = None, metrics_address: tuple[str, int] | None = None
+    settings: Settings,
+    store: Store | None = None,
+    metrics_address: tuple[str, int] | None = None,
+    *,
+    check_storage_format: bool = False,
 ) -> CommandFirst:
     """The ASGI app; without `store`, one is made from `settings.redis_url`.
 
     With `metrics_address` (host, port), /metrics is served there instead of on the API port.
+    With `check_storage_format`, the process checks the storage format once Redis answers and exits
+    if it must not serve it (`serve` asks for it when Redis did not answer its own check).
     """
+    publish_build_info(version(), revision())
     config = settings.config
     store = store or open_store(
         settings.redis_url, timeout=config.redis_timeout, max_pending=config.redis_max_pending
@@ -97,6 +122,11 @@ def create_app(
     readiness = Readiness(store)
     commands = CommandEndpoint(settings, store, COMMAND_PREFIX)
     watch = WatchEndpoint(settings, store, commands.access, commands.request_ids)
+
+    async def reach() -> None:
+        await store.wait_until_reachable(redacted(settings.redis_url))
+        if check_storage_format:
+            await _refuse_a_format_it_cannot_serve(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Router) -> AsyncIterator[None]:
@@ -109,7 +139,7 @@ def create_app(
         # that answers and says why it is not ready is easier to operate than a crash loop.
         mark_draining_on_signals(on_drain=watch.feeds.end_all)
         tune_gc_for_serving()
-        waiter = asyncio.create_task(store.wait_until_reachable(redacted(settings.redis_url)))
+        waiter = asyncio.create_task(reach(), name="reach redis")
         flusher = asyncio.create_task(flush_every_second())
         metrics_server = await serve_metrics(*metrics_address) if metrics_address else None
         try:

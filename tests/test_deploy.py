@@ -13,6 +13,7 @@ import base64
 import fnmatch
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -697,12 +698,15 @@ def test_image_build_context_makes_a_wheel_with_the_lua_scripts(tmp_path: Path) 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, target)
     wheels = tmp_path / "wheels"
+    # The builder stage installs the project with uv (`uv sync --no-editable`): the same pinned
+    # uv builds the wheel here (`make install` puts it in .tools/).
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), str(context)],
+        [str(ROOT / ".tools" / "bin" / "uv"), "build", "--wheel", "--out-dir", str(wheels), str(context)],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     [wheel] = wheels.glob("*.whl")
@@ -794,10 +798,14 @@ def test_make_image_the_readme_and_the_overlays_name_one_image() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    match = re.fullmatch(r"docker build -t (\S+) \.\n", result.stdout)
+    match = re.fullmatch(
+        r"docker build --build-arg VERSION=(\S+) --build-arg REVISION=([0-9a-f]{40}) -t (\S+) \.\n",
+        result.stdout,
+    )
     assert match, result.stdout
-    image = match.group(1)
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert match.group(1) == version
+    image = match.group(3)
     assert image == f"{NAME}:{version}"
     for kustomization in ("base", "dev"):
         assert container(render(kustomization))["image"] == image, kustomization
@@ -809,3 +817,62 @@ def test_make_image_the_readme_and_the_overlays_name_one_image() -> None:
         f"{NAME}:TAG"
     }
     assert mentioned == {image}, f"other tags in README/Dockerfile: {mentioned - {image}}"
+
+
+def test_image_labels_say_the_version_and_revision_the_service_reports() -> None:
+    final = dockerfile_stages()[-1]
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"VERSION={version}" in final.all("ARG"), "ARG VERSION's default is pyproject's version"
+    assert "REVISION=unknown" in final.all("ARG")
+    labels = " ".join(final.all("LABEL"))
+    assert 'org.opencontainers.image.version="$VERSION"' in labels
+    assert 'org.opencontainers.image.revision="$REVISION"' in labels
+    # The service reads its revision from here (service/ops/build.py).
+    assert "GROUP_COUNTER_REVISION=$REVISION" in final.all("ENV")
+
+
+def _upgrade_pod_program() -> str:
+    """The jq program of UPGRADING.md's `upgrade` step: the Deployment's pod as an upgrade pod."""
+    text = (ROOT / "UPGRADING.md").read_text()
+    match = re.search(r"""jq --arg image "\$IMAGE" --arg extra "\$\*" '(.*?)' \\\n""", text, re.DOTALL)
+    assert match, "UPGRADING.md's upgrade step lost its jq program"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry-run"]])
+def test_upgrading_md_makes_a_valid_upgrade_pod_from_the_deployment(extra: list[str]) -> None:
+    jq = shutil.which("jq")
+    assert jq, "jq is missing: make test installs it (make redis-server)"
+    deployment = only(render("production"), "Deployment", NAME)
+    result = subprocess.run(
+        [
+            jq,
+            "--arg",
+            "image",
+            "registry.example.com/group-counter:9.9.9",
+            "--arg",
+            "extra",
+            " ".join(extra),
+            _upgrade_pod_program(),
+        ],
+        input=json.dumps(deployment),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    pod = json.loads(result.stdout)
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    [upgrader] = pod["spec"]["containers"]
+    assert upgrader["image"] == "registry.example.com/group-counter:9.9.9"
+    assert upgrader["command"] + upgrader["args"] == [
+        *("python", "-m", "service", "upgrade", "--config", "/etc/group-counter/config.toml"),
+        *extra,
+    ]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert "ports" not in upgrader, "no ports: it never joins the Service"
+    # The Deployment's config, Secrets and REDIS_URL, and its labels (the NetworkPolicy).
+    assert upgrader["env"] == container(render("production"))["env"]
+    assert upgrader["volumeMounts"] == container(render("production"))["volumeMounts"]
+    assert pod["metadata"]["labels"] == deployment["spec"]["template"]["metadata"]["labels"]

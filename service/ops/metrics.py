@@ -70,6 +70,13 @@ OPEN_CONNECTIONS: Final = Gauge(
     "group_counter_open_connections", "Client connections open now", multiprocess_mode="livesum"
 )
 
+BUILD_INFO: Final = Gauge(
+    "group_counter_build_info",
+    "Always 1: the version and source revision of the build serving",
+    ["version", "revision"],
+    multiprocess_mode="max",
+)
+
 WATCHERS: Final = Gauge(
     "group_counter_watchers", "watch_group_counter streams open now", multiprocess_mode="livesum"
 )
@@ -220,6 +227,10 @@ def _registry() -> CollectorRegistry | None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
+
+
+def publish_build_info(version: str, revision: str) -> None:
+    BUILD_INFO.labels(version=version, revision=revision).set(1)
 
 
 def render() -> tuple[bytes, str]:

@@ -7,6 +7,7 @@
     {grouplist:<sdkappid>}                                  get_appid_group_list's own window
     {<sdkappid>:<escaped GroupId>}:changes[:<db>]           a group's channel (pub/sub, not a key)
     {readyz}                                                the readiness probe's key
+    {storage-format}                                        the format the data is in (format.py)
 
 The braces make `<sdkappid>:<escaped GroupId>` the Redis Cluster hash tag, so a
 group's record lands in the group's slot. A GroupId is printable ASCII and may hold
@@ -24,6 +25,10 @@ from typing import Final
 
 # Not a group's key: GroupIds are never empty, so `{<sdkappid>:...}` never matches it.
 READINESS_KEY: Final = "{readyz}"
+# The storage format marker (service/storage/format.py); a tag that starts with a letter.
+FORMAT_KEY: Final = "{storage-format}"
+# SCAN MATCH for every key of every app's groups (their tags start with the sdkappid).
+ANY_GROUP_PATTERN: Final = "{[0-9]*"
 
 
 _ESCAPES: Final = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})

@@ -36,11 +36,13 @@ def _with_includes(source: str) -> str:
 
 
 class Script:
-    """One Lua file, called with `keys` KEYS (the count its header documents)."""
+    """One Lua file, called with `keys` KEYS (the count its header documents), or at
+    least `keys` where the header documents a variable tail (`more_keys`)."""
 
-    def __init__(self, name: str, keys: int) -> None:
+    def __init__(self, name: str, keys: int, *, more_keys: bool = False) -> None:
         self.name = name
         self.keys = keys
+        self.more_keys = more_keys
         self.source = _with_includes((_lua_dir() / f"{name}.lua").read_text(encoding="utf-8"))
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
@@ -64,6 +66,8 @@ END_USER_LIMIT: Final = Script("end_user_limit", keys=1)
 READ_GROUP: Final = Script("read_group", keys=1)
 IMPORT_GROUP: Final = Script("import_group", keys=1)
 SNAPSHOT_GROUP: Final = Script("snapshot_group", keys=2)
+STORAGE_FORMAT: Final = Script("storage_format", keys=1)
+UPGRADE_GROUP: Final = Script("upgrade_group", keys=2, more_keys=True)
 SCRIPTS: Final = (
     UPDATE_COUNTERS,
     GET_COUNTERS,
@@ -75,4 +79,6 @@ SCRIPTS: Final = (
     READ_GROUP,
     IMPORT_GROUP,
     SNAPSHOT_GROUP,
+    STORAGE_FORMAT,
+    UPGRADE_GROUP,
 )

@@ -57,7 +57,9 @@ class Store:
 
     async def run(self, call: ScriptCall) -> ScriptReply:
         name = call.script.name
-        assert len(call.keys) == call.script.keys, f"{name} takes {call.script.keys} keys"
+        assert len(call.keys) == call.script.keys or (
+            call.script.more_keys and len(call.keys) > call.script.keys
+        ), f"{name} takes {call.script.keys} keys"
         started = time.perf_counter()
         try:
             reply = await self.transport.run_script(call)

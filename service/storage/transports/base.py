@@ -60,12 +60,12 @@ async def run_with_reload(execute: Callable[..., Awaitable[Any]], call: ScriptCa
     script) one EVAL of the same call, which runs it and caches it. Once."""
     script = call.script
     try:
-        reply: ScriptReply = await execute("EVALSHA", script.sha, script.keys, *call.keys, *call.args)
+        reply: ScriptReply = await execute("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
     except ResponseError as exc:
         # redis-py raises NoScriptError; the pipelined connection a plain ResponseError.
         if not (isinstance(exc, NoScriptError) or str(exc).startswith("NOSCRIPT")):
             raise
-        reply = await execute("EVAL", script.source, script.keys, *call.keys, *call.args)
+        reply = await execute("EVAL", script.source, len(call.keys), *call.keys, *call.args)
     return reply
 
 
