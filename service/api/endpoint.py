@@ -112,7 +112,7 @@ class CommandEndpoint:
                     await call.limit.count_alone()
             sdkappid = call.app.sdkappid
             try:
-                request = decode_request(command, await read_body(scope, receive, self.max_body_bytes))
+                request = decode_request(command.decode, await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)
                 call.check_idempotency_key()
                 payload = await command.run(call, request)

@@ -3,12 +3,12 @@ and decoding it with every malformed byte sequence answered by its code."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import msgspec
 from starlette.types import Receive, Scope
 
-from service.api.commands import Command
 from service.errors import ErrorCode, ServiceError
 
 # Longer than any Content-Length worth reading; also keeps int() away from Python's
@@ -51,8 +51,12 @@ async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
             return body
 
 
-def decode_request(command: Command[Any], body: bytes) -> Any:
-    """The command's typed request; 60003 for a body that is not JSON, 10004 for a bad field.
+R = TypeVar("R")
+
+
+def decode_request(decode: Callable[[bytes], R], body: bytes) -> R:
+    """The command's typed request (what `decode` makes of the body); 60003 for a body
+    that is not JSON, 10004 for a bad field.
 
     JSON is UTF-8: a body that is not is not JSON (60003), even where the bytes sit in a
     field the decoder would skip. `isascii` keeps the check off the usual body's path.
@@ -65,7 +69,7 @@ def decode_request(command: Command[Any], body: bytes) -> Any:
                 ErrorCode.BAD_BODY, f"the body is not valid JSON: it is not UTF-8 (byte {exc.start})"
             ) from None
     try:
-        return command.decode(body)
+        return decode(body)
     except ServiceError as exc:
         # The untyped syntax check behind 60003 fails on a number beyond a double's range
         # (1e400): such a body is valid JSON whose Value is a float, 10004 as any float.

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import ScriptCall, ScriptReply
 
-if TYPE_CHECKING:  # subscriber.py builds on connection.py, which uses this module
+if TYPE_CHECKING:
     from service.storage.transports.subscriber import Subscriber
 
 
@@ -80,21 +80,6 @@ def scan_reply(reply: Any) -> tuple[int, list[bytes]]:
     """SCAN's [cursor, keys], raw or as redis-py's callback parses it (cursor as int)."""
     cursor, keys = reply
     return int(cursor), list(keys)
-
-
-# Error replies that say this server cannot serve us now (a replica, a Redis loading its
-# data, a replica whose master is down, no free client slot): the command did not run,
-# and neither will the next on that connection.
-SERVER_FAULTS: Final = ("READONLY", "LOADING", "MASTERDOWN", "ERR max number of clients reached")
-
-
-def is_connection_fault(exc: RedisError) -> bool:
-    """A fault of the connection or the server, not of the command: the connection is
-    dropped and the next call makes a new one (on Sentinel, to the master named now).
-    READONLY is a demoted master; max clients is a server with no slot for us."""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError | MasterDownError):
-        return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(SERVER_FAULTS)
 
 
 def no_retry() -> Retry:

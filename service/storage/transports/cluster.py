@@ -34,8 +34,9 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import ScriptArg, ScriptCall, ScriptReply
-from service.storage.transports.base import Gate, is_connection_fault, no_retry, run_with_reload, scan_reply
+from service.storage.transports.base import Gate, no_retry, run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
+from service.storage.transports.faults import is_connection_fault
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.storage.urls import RedisUrl
 

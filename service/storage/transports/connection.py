@@ -52,7 +52,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.storage.transports.base import SERVER_FAULTS
+from service.storage.transports.faults import SERVER_FAULTS
 from service.storage.urls import RedisUrl, parse
 
 # RESP encoding of one command, in C.

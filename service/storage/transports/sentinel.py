@@ -27,11 +27,11 @@ from service.storage.scripts import ScriptCall, ScriptReply
 from service.storage.transports.base import (
     Gate,
     config_value,
-    is_connection_fault,
     no_retry,
     run_with_reload,
     scan_reply,
 )
+from service.storage.transports.faults import is_connection_fault
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.storage.urls import RedisUrl
 
