@@ -8,12 +8,15 @@ never serves half-upgraded data.
 KEYS[1]  the marker, {storage-format}
 ARGV[1]  "" to read only; else the format to write
 ARGV[2]  "absent": write only when no marker is there (a new, empty store);
-         "always": write whatever is there (the upgrade, once it has finished)
+         "always": write whatever is there (the upgrade, once it has finished);
+         "remove": remove the marker (a downgrade to format 1, which has none, once done)
 
 Reply    {format}  the format the marker holds after the call, a decimal string
          {}        there is no marker
 ]]
-if ARGV[1] ~= "" then
+if ARGV[2] == "remove" then
+  redis.call("DEL", KEYS[1])
+elseif ARGV[1] ~= "" then
   if ARGV[2] == "always" then
     redis.call("SET", KEYS[1], ARGV[1])
   else

@@ -1,5 +1,6 @@
 --[[ upgrade_group: bring one group and its idempotency records to the current storage
-format (format 2), for `python -m service upgrade`.
+format (format 2), for `python -m service upgrade`, or back to format 1, for
+`python -m service downgrade` (a rollback to release 0.1.0).
 
 What changed since format 1 (release 0.1.0): a GroupId holding `%`, `{` or `}` has an
 escaped key name (the caller passes the old and the new name); an idempotency record
@@ -17,9 +18,12 @@ KEYS[1]            the group's old key (its key in format 1)
 KEYS[2]            the group's new key (KEYS[1] again when the name does not change)
 KEYS[3 .. 2+n]     its records under their old names
 KEYS[3+n .. 2+2n]  the same records under their new names (the same when not renamed)
-ARGV[1]  "move", "read", "place" or "drop"
+ARGV[1]  "move", "read", "place", "drop" or "strip" (format 2 -> 1: with no record, the
+         group's version and epoch go; with records, each record of the group's epoch
+         loses it, and a record of another life, which 0.1.0 would misread, goes)
 ARGV[2]  a fresh random token: the group's epoch when a record needs one and it has none
-ARGV[3]  the length of a fingerprint (hex digits): how a record of format 1 is told apart
+ARGV[3]  the length of a fingerprint (hex digits): how a record of format 1 is told apart;
+         "0": convert no record (a downgrade's renames)
 ARGV[4..] "place": F, then F field/value items of the group (what "read" returned), then a
           value and a time to live in ms for each record (value "" when there was none);
           "drop": F, then the F field/value items "read" returned
@@ -36,6 +40,7 @@ Reply    {"moved", n}         move: done, n records converted
          {"already", n}       place: the new name holds these fields already (a rerun)
          {"dropped"}          drop: the old group and its records are gone
          {"changed"}          drop: the old group changed since "read"; kept
+         {"stripped", n}      strip: n records lost their epoch (or the group its fields)
 "read" and "drop" are called with the old names only, "place" with the new names only
 (KEYS[2] and the second list repeat the first), so each touches one slot.
 ]]
@@ -108,6 +113,30 @@ local function holds(key, items, first, count)
     end
   end
   return held_count == wanted_count
+end
+
+if mode == "strip" then
+  local epoch = redis.call("HGET", KEYS[1], EPOCH)
+  if n == 0 then
+    redis.call("HDEL", KEYS[1], VERSION, EPOCH)
+    return {"stripped", 0}
+  end
+  local stripped = 0
+  for i = 1, n do
+    local value = redis.call("GET", KEYS[2 + i])
+    if value and not body_of_format_1(value) then
+      if epoch and string.sub(value, 1, #epoch + 1) == epoch .. "\n" then
+        local body = string.sub(value, #epoch + 2)
+        -- A delete's record is the bare fingerprint in format 1 (its outcome is empty).
+        if string.sub(body, -1) == "\n" then body = string.sub(body, 1, -2) end
+        redis.call("SET", KEYS[2 + i], body, "KEEPTTL")
+        stripped = stripped + 1
+      else
+        redis.call("DEL", KEYS[2 + i])
+      end
+    end
+  end
+  return {"stripped", stripped}
 end
 
 if mode == "read" then

@@ -8,6 +8,7 @@ python -m service export --config FILE [--sdkappid N] > groups.jsonl
 python -m service import --config FILE [--input FILE] [--dry-run] [--on-conflict skip|overwrite|fail]
 python -m service migrate --from URL --sdkappid N --identifier ADMIN --secret-key-env NAME [--to CONFIG]
 python -m service upgrade --config FILE [--dry-run]
+python -m service downgrade --config FILE [--dry-run]
 python -m service --version
 """
 
@@ -46,6 +47,7 @@ SUBCOMMANDS: Final = (
     "import",
     "migrate",
     "upgrade",
+    "downgrade",
 )
 # Set by `serve` when Redis did not answer its start-up format check: each worker then
 # checks the storage format itself once Redis answers, and exits if it must not serve.
@@ -185,22 +187,25 @@ def _check_format_before_serving(settings: Settings) -> int | None:
     return None
 
 
-def _upgrade(settings: Settings, dry_run: bool) -> int:
+def _upgrade(settings: Settings, dry_run: bool, *, downgrade: bool = False) -> int:
     import asyncio
 
     from service.errors import ServiceError
+    from service.storage.downgrade import Downgrade
     from service.storage.format import CURRENT_FORMAT, StorageFormatError, read_format
     from service.storage.store import open_store
     from service.storage.upgrade import Upgrade, UpgradeReport, describe_release
 
+    what = "downgrade" if downgrade else "upgrade"
     if settings.redis_url == EMBEDDED_URL:
         raise ConfigError(
-            "redis_url is memory://: the embedded store is new at every start, there is nothing to upgrade"
+            f"redis_url is memory://: the embedded store is new at every start, there is nothing to {what}"
         )
+    walk = Downgrade if downgrade else Upgrade
 
     def progress(report: UpgradeReport) -> None:
         print(
-            f"upgrade: {report.keys_seen} keys scanned, {report.renamed} groups renamed, "
+            f"{what}: {report.keys_seen} keys scanned, {report.renamed} groups renamed, "
             f"{report.records_converted} records converted, {len(report.conflicts)} conflicts",
             file=sys.stderr,
             flush=True,
@@ -210,30 +215,33 @@ def _upgrade(settings: Settings, dry_run: bool) -> int:
         store = open_store(settings.redis_url, timeout=max(settings.config.redis_timeout, 5.0))
         try:
             held = await read_format(store)
-            return held, await Upgrade(store, dry_run=dry_run, progress=progress).run()
+            return held, await walk(store, dry_run=dry_run, progress=progress).run()
         finally:
             await store.close()
 
     try:
         held, report = asyncio.run(run())
     except StorageFormatError as exc:
-        print(f"upgrade refused: {exc}", file=sys.stderr)
+        print(f"{what} refused: {exc}", file=sys.stderr)
         return 2
     except ServiceError as exc:
-        print(f"upgrade stopped: {exc.info}; rerun it: it goes on where it stopped", file=sys.stderr)
+        print(f"{what} stopped: {exc.info}; rerun it: it goes on where it stopped", file=sys.stderr)
         return 1
     print(f"found: {describe_release(held)}")
-    if held == CURRENT_FORMAT:
-        print(f"the data is in storage format {CURRENT_FORMAT} already: nothing to do")
+    if (held == CURRENT_FORMAT and not downgrade) or (held is None and downgrade):
+        print(f"the data is in storage format {1 if downgrade else CURRENT_FORMAT} already: nothing to do")
         return 0
-    print(report.summary(dry_run))
+    print(report.summary(dry_run, downgrade=downgrade))
     if report.conflicts:
-        print("the format marker was not written: resolve the conflicts above and rerun", file=sys.stderr)
+        print("the format marker was not changed: resolve the conflicts above and rerun", file=sys.stderr)
         return 1
     if dry_run:
         print("dry run: nothing was written")
         return 0
-    print(f"done: the data is in storage format {CURRENT_FORMAT} (marker written)")
+    if downgrade:
+        print("done: the data is in storage format 1, which release 0.1.0 serves (marker removed)")
+    else:
+        print(f"done: the data is in storage format {CURRENT_FORMAT} (marker written)")
     return 0
 
 
@@ -440,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         "upgrade", help="bring the data in Redis to this release's storage format (UPGRADING.md)"
     )
     upgrade.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
-    for command in (serve, usersig, curl, sub.choices["check-config"], export, load, upgrade):
+    downgrade = sub.add_parser(
+        "downgrade", help="take the data in Redis back to release 0.1.0's format, to roll back (UPGRADING.md)"
+    )
+    downgrade.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    for command in (serve, usersig, curl, sub.choices["check-config"], export, load, upgrade, downgrade):
         command.add_argument("--config", required=True, help="TOML config file")
     args = parser.parse_args(args_in)
 
@@ -484,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
                 return import_command(settings, args.input, args.on_conflict, args.dry_run)
             case "upgrade":
                 return _upgrade(settings, args.dry_run)
+            case "downgrade":
+                return _upgrade(settings, args.dry_run, downgrade=True)
             case _:
                 print(
                     f"{args.config}: OK, {len(settings.apps)} app(s), store {settings.redis_url.split('://')[0]}://"

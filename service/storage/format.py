@@ -48,6 +48,11 @@ async def write_format(store: Store, storage_format: int, *, only_if_absent: boo
     return _format_of(reply)
 
 
+async def remove_format(store: Store) -> None:
+    """Removes the marker: format 1 (release 0.1.0) has none."""
+    await store.run(ScriptCall(scripts.STORAGE_FORMAT, [FORMAT_KEY], ["", "remove"]))
+
+
 def _format_of(reply: list[object]) -> int | None:
     if not reply:
         return None

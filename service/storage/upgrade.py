@@ -67,16 +67,18 @@ class UpgradeReport:
     ambiguous: list[str] = field(default_factory=list)
     marker_written: bool = False
 
-    def summary(self, dry_run: bool) -> str:
+    def summary(self, dry_run: bool, *, downgrade: bool = False) -> str:
         verb = "would rename" if dry_run else "renamed"
+        names = "0.1.0's key names" if downgrade else "escaped key names"
         lines = [
             f"scanned {self.keys_seen} keys: {self.groups_seen} groups, "
             f"{self.records_seen} idempotency records",
-            f"{verb} {self.renamed} groups to escaped key names"
+            f"{verb} {self.renamed} groups to {names}"
             + (f", {self.already_current} already current" if self.already_current else ""),
         ]
         if not dry_run:
-            lines.append(f"converted {self.records_converted} idempotency records to epochs")
+            done = "without their epochs" if downgrade else "to epochs"
+            lines.append(f"converted {self.records_converted} idempotency records {done}")
         if self.ambiguous:
             lines.append(
                 f"left {len(self.ambiguous)} groups whose name reads as an escaped one (it holds %25, "
@@ -125,6 +127,9 @@ def record_groups(key: str) -> Iterator[str]:
 
 
 class Upgrade:
+    # The fingerprint length by which records of format 1 are found and converted (0: none).
+    convert = FINGERPRINT_LENGTH
+
     def __init__(
         self, store: Store, *, dry_run: bool, progress: Callable[[UpgradeReport], None] = lambda _: None
     ) -> None:
@@ -146,8 +151,7 @@ class Upgrade:
             )
         renames = await self._find_renames()
         await self._walk_records(renames)
-        for rename in renames.values():
-            await self._rename(rename)
+        await self.rename_all(renames)
         self._tick(force=True)
         if not self.dry_run and not self.report.conflicts:
             await write_format(self.store, CURRENT_FORMAT, only_if_absent=False)
@@ -214,6 +218,10 @@ class Upgrade:
         if reply[0] == b"moved":
             self.report.records_converted += int(reply[1])
 
+    async def rename_all(self, renames: dict[str, _Rename]) -> None:
+        for rename in renames.values():
+            await self._rename(rename)
+
     async def _rename(self, rename: _Rename) -> None:
         new_records = [rename.new + record[len(rename.old) :] for record in rename.records]
         if self.dry_run:
@@ -242,7 +250,7 @@ class Upgrade:
         fields, records = await self._upgrade(old_keys, "read")
         if not fields:
             return  # gone since the scan
-        if any(name in (b"\xfd", b"\xfe") for name in fields[::2]):
+        if self.convert and any(name in (b"\xfd", b"\xfe") for name in fields[::2]):
             self.report.already_current += 1
             return
         placed = await self._upgrade(
@@ -268,13 +276,14 @@ class Upgrade:
             "changed. Keep one (DEL the other, or RENAME it away) and rerun the upgrade"
         )
 
-    async def _upgrade(self, keys: list[str], mode: str, *rest: ScriptArg) -> ScriptReply:
+    async def _upgrade(
+        self, keys: list[str], mode: str, *rest: ScriptArg, convert: int | None = None
+    ) -> ScriptReply:
         token = secrets.token_hex(8)
-        return await self.store.run(
-            ScriptCall(
-                scripts.UPGRADE_GROUP, [keys[0], keys[1], *keys[2:]], [mode, token, FINGERPRINT_LENGTH, *rest]
-            )
-        )
+        length = self.convert if convert is None else convert
+        old, new, *records = keys
+        call = ScriptCall(scripts.UPGRADE_GROUP, [old, new, *records], [mode, token, length, *rest])
+        return await self.store.run(call)
 
     async def _bounded(self, pending: Awaitable[None]) -> None:
         """Up to _IN_FLIGHT conversions at once: they go out pipelined, not one round trip each."""
