@@ -336,9 +336,11 @@ def test_the_kubernetes_manifests_render_and_validate() -> None:
         ("Deployment", "locust-worker"),
         ("Service", "locust-master"),
     ]
-    # The ConfigMap holds the locustfile itself, not a copy that could drift.
+    # The ConfigMap holds the locustfile and every module it imports themselves, not copies
+    # that could drift, and none is missing: the pod mounts them side by side.
     locustfile = next(d for (kind, name), d in found.items() if name.startswith("loadtest-locustfile"))
-    assert locustfile["data"]["locustfile.py"] == LOCUSTFILE.read_text()
+    kit = {path.name: path.read_text() for path in LOCUSTFILE.parent.glob("*.py")}
+    assert locustfile["data"] == kit
     # Only the workers call the target; their key comes from a Secret, never a literal.
     worker = found["Deployment", "locust-worker"]["spec"]["template"]["spec"]["containers"][0]
     assert [env["valueFrom"]["secretKeyRef"]["key"] for env in worker["env"]] == ["secret-key"]
