@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from tests.bench.machine import BenchError, Cpus, pin
-from tests.support import RedisServer, free_port, stop_process
+from tests.support import RedisServer, free_port, service_argv, stop_process
 
 SDKAPPID: Final = 1400000000
 SECRET_KEY: Final = "bench-secret-key-not-for-production"
@@ -86,19 +86,7 @@ def service_server(config: Path, workdir: Path, workers: int = 1, tag: str = "se
     port = free_port()
     return Server(
         name=f"{tag} (--workers {workers})",
-        argv=[
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-            "--workers",
-            str(workers),
-        ],
+        argv=[*service_argv(port, config), "--workers", str(workers)],
         port=port,
         ready_path="/readyz",
         ready_method="GET",
