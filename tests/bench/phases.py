@@ -61,6 +61,20 @@ class Options:
     row_duration: int = 5
 
 
+@dataclass
+class Pair:
+    """What the side-by-side phases work with: the options, the figures so far, the service and
+    the ceiling (both running), the usersig, the CPUs, and the ledger of the service's calls."""
+
+    options: Options
+    data: dict[str, Any]
+    service: Server
+    ceiling: Server
+    usersig: str
+    cpus: Cpus
+    ledger: Ledger
+
+
 def measure(options: Options, command: str) -> dict[str, Any]:
     cpus = Cpus.pick()
     workdir = Path(tempfile.mkdtemp(prefix="group-counter-bench-"))
@@ -96,12 +110,11 @@ def measure(options: Options, command: str) -> dict[str, Any]:
             memory_phase(options, data, service, usersig, ids, redis_server.port)
             meter = RedisMeter([redis_server.port])
             if not options.soak_only:
-                throughput_phase(options, data, service, ceiling, usersig, cpus, ledger, meter)
-                openloop_phase(options, data, service, ceiling, usersig, cpus, ledger)
+                pair = Pair(options, data, service, ceiling, usersig, cpus, ledger)
+                throughput_phase(pair, meter)
+                openloop_phase(pair)
                 if options.rows:
-                    every_command_phase(
-                        options, data, service, ceiling, redis_server, usersig, cpus, ledger, workdir
-                    )
+                    every_command_phase(pair, redis_server, workdir)
                 if options.live_watchers:
                     data["live"] = live_phase(
                         redis_server.url,
@@ -138,35 +151,25 @@ def measure(options: Options, command: str) -> dict[str, Any]:
     return data
 
 
-def every_command_phase(
-    options: Options,
-    data: dict[str, Any],
-    service: Server,
-    ceiling: Server,
-    redis_server: RedisServer,
-    usersig: str,
-    cpus: Cpus,
-    ledger: Ledger,
-    workdir: Path,
-) -> None:
+def every_command_phase(pair: Pair, redis_server: RedisServer, workdir: Path) -> None:
     """The "Every command" rows besides the headline, fewer rounds each (tests/bench/rows.py)."""
-
+    options = pair.options
     bench = RowBench(
-        service=service,
-        ceiling=ceiling,
+        service=pair.service,
+        ceiling=pair.ceiling,
         redis_port=redis_server.port,
         redis_url=redis_server.url,
-        usersig=usersig,
-        cpus=cpus,
+        usersig=pair.usersig,
+        cpus=pair.cpus,
         workdir=workdir,
         groups=options.groups,
         rounds=options.row_rounds,
         duration=options.row_duration,
         warmup=0 if options.smoke else WARMUP_SECONDS,
-        ledger=ledger,
+        ledger=pair.ledger,
     )
-    data["row_settings"] = {"rounds": bench.rounds, "duration": bench.duration, "warmup": bench.warmup}
-    data["rows"] = rows_phase(bench, options.rows)
+    pair.data["row_settings"] = {"rounds": bench.rounds, "duration": bench.duration, "warmup": bench.warmup}
+    pair.data["rows"] = rows_phase(bench, options.rows)
 
 
 def memory_phase(
@@ -201,58 +204,43 @@ def memory_phase(
     )
 
 
-def throughput_phase(
-    options: Options,
-    data: dict[str, Any],
-    service: Server,
-    ceiling: Server,
-    usersig: str,
-    cpus: Cpus,
-    ledger: Ledger,
-    meter: RedisMeter,
-) -> None:
+def throughput_phase(pair: Pair, meter: RedisMeter) -> None:
+    options = pair.options
     warmup = 1 if options.smoke else WARMUP_SECONDS
-    data["warmup"] = warmup
-    workload = Workload(usersig=usersig, groups=options.groups, cpu=cpus.load, ledger=ledger)
+    pair.data["warmup"] = warmup
+    workload = Workload(usersig=pair.usersig, groups=options.groups, cpu=pair.cpus.load, ledger=pair.ledger)
     rounds = paired_rounds(
-        ceiling,
-        service,
+        pair.ceiling,
+        pair.service,
         workload,
         rounds=options.rounds,
         duration=options.duration,
         warmup=warmup,
         meter=meter,
     )
-    data["throughput"] = row_summary(rounds)
+    pair.data["throughput"] = row_summary(rounds)
 
 
-def openloop_phase(
-    options: Options,
-    data: dict[str, Any],
-    service: Server,
-    ceiling: Server,
-    usersig: str,
-    cpus: Cpus,
-    ledger: Ledger,
-) -> None:
+def openloop_phase(pair: Pair) -> None:
+    options, data = pair.options, pair.data
     maximum = data["throughput"]["service"]["rps"]
     points: list[LoadPoint] = []
     for fraction in options.fractions:
         rate = round(maximum * fraction)
-        for app, server in (("ceiling", ceiling), ("service", service)):
+        for app, server in (("ceiling", pair.ceiling), ("service", pair.service)):
             point = run_openloop(
                 app,
                 server.port,
-                usersig,
+                pair.usersig,
                 options.groups,
                 fraction,
                 rate,
                 options.load_duration,
                 1.0,
-                cpus.load,
+                pair.cpus.load,
             )
             if app == "service":
-                ledger.add(point.acked, point.unanswered)
+                pair.ledger.add(point.acked, point.unanswered)
             points.append(point)
             print(
                 f"open loop {app}: {rate:,} req/s offered, {point.achieved:,.0f} achieved, "
