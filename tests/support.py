@@ -179,6 +179,21 @@ class RedisServer:
 REPO: Final = Path(__file__).resolve().parent.parent
 
 
+def service_argv(port: int, config: Path) -> list[str]:
+    """`python -m service` on loopback `port` with the config file `config`."""
+    return [
+        sys.executable,
+        "-m",
+        "service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--config",
+        str(config),
+    ]
+
+
 @dataclass
 class ServiceProcess:
     """`python -m service` as a process of its own, its output in a log file.
@@ -196,20 +211,13 @@ class ServiceProcess:
         port = free_port()
         log = log or config.parent / f"service-{port}.log"
         environ = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
-        argv = [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-        ]
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                [*argv, *extra], cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT
+                [*service_argv(port, config), *extra],
+                cwd=REPO,
+                env=environ,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
             )
         return cls(process, port, log, "https" if tls else "http")
 
@@ -371,6 +379,38 @@ class Api:
 def assert_ok(reply: dict[str, Any]) -> dict[str, Any]:
     assert reply["ErrorCode"] == 0, reply
     return reply
+
+
+UPDATE: Final = "/v4/group_open_http_svc/update_group_counter"
+# The request the error-code tests break one part of: a += 1 in the registered group "g".
+INCREASE_A: Final[dict[str, Any]] = {
+    "GroupId": "g",
+    "Mode": "Increase",
+    "GroupCounter": [{"Key": "a", "Value": 1}],
+}
+
+
+def post_query(api: Api, query_string: str, body: Any = INCREASE_A, path: str = UPDATE) -> dict[str, Any]:
+    """POST with a query string built by hand (for values `query` cannot express); the reply."""
+    response = api.client.post(path + "?" + query_string, content=_json(body))
+    assert response.status_code == 200, response.text
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+def keys_body(group_id: str, keys: Any) -> dict[str, Any]:
+    """A get or delete of `keys` of the group; the string "absent" leaves GroupCounterKeys out."""
+    request: dict[str, Any] = {"GroupId": group_id}
+    if keys != "absent":
+        request["GroupCounterKeys"] = keys
+    return request
+
+
+def group_of_three(api: Api, group_id: str) -> Api:
+    """`api` once the group exists holding a = 1, b = 2 and c = 3."""
+    api.create(group_id)
+    assert_ok(api.update(group_id, {"a": 1, "b": 2, "c": 3}))
+    return api
 
 
 def _json(body: Any) -> bytes:

@@ -17,19 +17,16 @@ from service.storage.store import open_store
 from tests.support import (
     ADMIN,
     IMPLICIT_APP,
+    INCREASE_A,
     OTHER_APP,
     REGISTERED_APP,
+    UPDATE,
     Api,
     free_port,
+    post_query,
     usersig_for,
 )
 
-UPDATE = "/v4/group_open_http_svc/update_group_counter"
-INCREASE_A: dict[str, Any] = {
-    "GroupId": "g",
-    "Mode": "Increase",
-    "GroupCounter": [{"Key": "a", "Value": 1}],
-}
 COMMUNITY = "@TGS#_community"
 
 
@@ -43,11 +40,8 @@ def seeded(api: Api) -> Api:
     return api
 
 
-def post_params(api: Api, params: dict[str, str], body: Any = INCREASE_A) -> dict[str, Any]:
-    response = api.client.post(UPDATE + "?" + urlencode(params), content=json.dumps(body).encode())
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
+def post_params(api: Api, params: dict[str, str]) -> dict[str, Any]:
+    return post_query(api, urlencode(params))
 
 
 def _params(**changes: str) -> dict[str, str]:

@@ -16,15 +16,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.support import ADMIN, OTHER_APP, REGISTERED_APP, Api, usersig_for
+from tests.support import ADMIN, INCREASE_A, OTHER_APP, REGISTERED_APP, UPDATE, Api, post_query, usersig_for
 
 INT64_MIN = -(2**63)
-UPDATE = "/v4/group_open_http_svc/update_group_counter"
-INCREASE_A: dict[str, Any] = {
-    "GroupId": "g",
-    "Mode": "Increase",
-    "GroupCounter": [{"Key": "a", "Value": 1}],
-}
 NON_ADMIN = "someone"
 
 
@@ -35,11 +29,8 @@ def seeded(api: Api) -> Api:
     return api
 
 
-def post_query(api: Api, params: dict[str, str], path: str = UPDATE) -> dict[str, Any]:
-    response = api.client.post(path + "?" + urlencode(params), content=json.dumps(INCREASE_A).encode())
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
+def post_params(api: Api, params: dict[str, str], path: str = UPDATE) -> dict[str, Any]:
+    return post_query(api, urlencode(params), path=path)
 
 
 def usersig_without(field: str, sdkappid: int, identifier: str) -> str:
@@ -62,21 +53,21 @@ def assert_code_and_unchanged(api: Api, before: dict[Any, Any], reply: dict[str,
 def test_60009_unknown_path_before_60012_missing_sdkappid(seeded: Api) -> None:
     before = seeded.state()
     params = {"identifier": ADMIN, "usersig": usersig_for(), "random": "1", "contenttype": "json"}
-    reply = post_query(seeded, params, path="/v4/group_open_http_svc/nope")
+    reply = post_params(seeded, params, path="/v4/group_open_http_svc/nope")
     assert_code_and_unchanged(seeded, before, reply, 60009)
 
 
 def test_60012_missing_sdkappid_before_60002_bad_query(seeded: Api) -> None:
     before = seeded.state()
     params = {"identifier": ADMIN, "usersig": usersig_for(), "contenttype": "xml"}
-    assert_code_and_unchanged(seeded, before, post_query(seeded, params), 60012)
+    assert_code_and_unchanged(seeded, before, post_params(seeded, params), 60012)
 
 
 def test_60006_bad_sdkappid_before_60002_bad_query(seeded: Api) -> None:
     before = seeded.state()
     for sdkappid in ("abc", "1400000099"):
         params = {"sdkappid": sdkappid, "identifier": ADMIN, "usersig": usersig_for(), "contenttype": "xml"}
-        assert_code_and_unchanged(seeded, before, post_query(seeded, params), 60006)
+        assert_code_and_unchanged(seeded, before, post_params(seeded, params), 60006)
 
 
 def test_60002_bad_query_before_70002_missing_usersig(seeded: Api) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 import pytest
 
-from tests.support import Api, assert_ok
+from tests.support import Api, assert_ok, group_of_three, keys_body
 
 GROUP: Final = "g"
 COMMAND: Final = "delete_group_counter"
@@ -16,18 +17,12 @@ def assert_fails(api: Api, request: Any, code: int) -> dict[str, Any]:
     return api.assert_fails(COMMAND, request, code)
 
 
-def delete_body(keys: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {"GroupId": GROUP}
-    if keys != "absent":
-        request["GroupCounterKeys"] = keys
-    return request
+delete_body = functools.partial(keys_body, GROUP)
 
 
 @pytest.fixture
 def group(api: Api) -> Api:
-    api.create(GROUP)
-    assert_ok(api.update(GROUP, {"a": 1, "b": 2, "c": 3}))
-    return api
+    return group_of_three(api, GROUP)
 
 
 def test_delete_removes_listed_keys(group: Api) -> None:

@@ -258,6 +258,23 @@ def _figures(name: str, **figures: float | int) -> None:
 # Redis killed --------------------------------------------------------------------------------
 
 
+async def _kill_and_restart(
+    server: RedisServer, marks: dict[str, float], *, after: float, down: float, then: float
+) -> None:
+    """Under load: Redis killed `after` s in, started again `down` s later on the same port
+    and append-only file, then `then` s more; each moment in `marks`."""
+    await asyncio.sleep(after)
+    marks["kill"] = now()
+    server.kill()
+    marks["killed"] = now()
+    if down:
+        await asyncio.sleep(down)
+    marks["restart"] = now()
+    await asyncio.to_thread(server.start)
+    marks["up"] = now()
+    await asyncio.sleep(then)
+
+
 def test_redis_killed_under_load_answers_10002_in_bounded_time_and_recovers_without_restart(
     tmp_path: Path,
 ) -> None:
@@ -265,15 +282,7 @@ def test_redis_killed_under_load_answers_10002_in_bounded_time_and_recovers_with
         marks: dict[str, float] = {}
 
         async def scenario() -> None:
-            await asyncio.sleep(1.0)
-            marks["kill"] = now()
-            server.kill()
-            marks["killed"] = now()
-            await asyncio.sleep(1.5)
-            marks["restart"] = now()
-            await asyncio.to_thread(server.start)  # the same port, the same append-only file
-            marks["up"] = now()
-            await asyncio.sleep(2.5)
+            await _kill_and_restart(server, marks, after=1.0, down=1.5, then=2.5)
 
         outcomes, probes = asyncio.run(drive(service, scenario))
         alive_at_end = service.alive()
@@ -365,12 +374,8 @@ def test_redis_restarted_with_an_empty_script_cache_fails_no_call_after_the_firs
         marks: dict[str, float] = {}
 
         async def scenario() -> None:
-            await asyncio.sleep(0.8)
-            marks["kill"] = now()
-            server.kill()
-            await asyncio.to_thread(server.start)  # at once: a quick restart, the scripts forgotten
-            marks["up"] = now()
-            await asyncio.sleep(2.0)
+            # Restarted at once: a quick restart, the scripts forgotten.
+            await _kill_and_restart(server, marks, after=0.8, down=0, then=2.0)
 
         outcomes, _ = asyncio.run(drive(service, scenario, probe_readiness=False))
 

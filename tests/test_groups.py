@@ -327,13 +327,17 @@ def test_bad_field_is_reported_before_malformed_group_id(
     assert_fails(seeded, "update_group_counter", request, 10004)
 
 
-@pytest.mark.parametrize("command", COUNTER_COMMANDS)
-def test_malformed_group_id_is_reported_before_too_many_items(seeded: Api, command: str) -> None:
+def too_many_items(command: str, group_id: str) -> dict[str, Any]:
+    """A counter command on `group_id` naming 21 keys: one more than a call may."""
     keys = [f"k{i}" for i in range(21)]
     if command == "update_group_counter":
-        request = request_for(command, "caf\u00e9", GroupCounter=[{"Key": k, "Value": 1} for k in keys])
-    else:
-        request = request_for(command, "caf\u00e9", GroupCounterKeys=keys)
+        return request_for(command, group_id, GroupCounter=[{"Key": k, "Value": 1} for k in keys])
+    return request_for(command, group_id, GroupCounterKeys=keys)
+
+
+@pytest.mark.parametrize("command", COUNTER_COMMANDS)
+def test_malformed_group_id_is_reported_before_too_many_items(seeded: Api, command: str) -> None:
+    request = too_many_items(command, "caf\u00e9")
     assert_fails(seeded, command, request, 10015)
 
 
@@ -348,11 +352,7 @@ def test_bad_field_is_reported_before_unknown_group(seeded: Api, command: str) -
 
 @pytest.mark.parametrize("command", COUNTER_COMMANDS)
 def test_too_many_items_is_reported_before_unknown_group(seeded: Api, command: str) -> None:
-    keys = [f"k{i}" for i in range(21)]
-    if command == "update_group_counter":
-        request = request_for(command, "never", GroupCounter=[{"Key": k, "Value": 1} for k in keys])
-    else:
-        request = request_for(command, "never", GroupCounterKeys=keys)
+    request = too_many_items(command, "never")
     assert_fails(seeded, command, request, 10063)
 
 

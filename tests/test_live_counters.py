@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import fakeredis
 import pytest
@@ -34,8 +34,9 @@ from service.storage.keys import group_key as group_key_text
 from service.storage.scripts import UPDATE_COUNTERS
 from service.storage.store import Store, open_store
 from service.storage.transports.embedded import RedisPyTransport
+from tests.backends import empty_store, memory_store
 from tests.hostile import service_on_redis
-from tests.live_support import Served, Tape, Watch, serving
+from tests.live_support import Event, Served, Tape, Watch, serving
 from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, RedisServer, query, usersig_for
 from tests.topologies import Cluster, wait_for
 
@@ -43,22 +44,7 @@ from tests.topologies import Cluster, wait_for
 @pytest.fixture(params=["redis", "memory", "cluster"])
 def live(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tuple[Served, redis.Redis]]:
     """The service streaming on each backend, with a client that reads the store directly."""
-    inspector: redis.Redis
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        inspector = redis.Redis.from_url(server.url)
-        inspector.flushall()
-        store = open_store(server.url, timeout=2.0)
-    elif request.param == "cluster":
-        cluster: Cluster = request.getfixturevalue("redis_cluster")
-        cluster_client = cluster.inspector()
-        cluster_client.flushall(target_nodes=cluster_client.PRIMARIES)
-        inspector = cast(redis.Redis, cluster_client)
-        store = open_store(cluster.url, timeout=2.0)
-    else:
-        fake_server = fakeredis.FakeServer()
-        inspector = fakeredis.FakeRedis(server=fake_server)
-        store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server)))
+    store, inspector = empty_store(request.param, request)
     with serving(settings, store) as served:
         yield served, inspector
     inspector.close()
@@ -68,6 +54,42 @@ def feeds_of(served: Served) -> Feeds:
     app = served.server.config.app
     assert isinstance(app, CommandFirst)
     return app.watch.feeds
+
+
+# A frame of about 3 KB: 20 long keys with 19-digit values.
+BIG: Final = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}
+
+
+def watched(
+    served: Served, group_id: str, counters: dict[str, int] | None = None, watchers: int = 3
+) -> tuple[list[Watch], list[Tape]]:
+    """Creates the group (Set `counters` in it, if any), then `watchers` watchers of it,
+    each past its snapshot, with the tape that played it."""
+    served.create(group_id)
+    if counters:
+        served.update(group_id, counters)
+    watches = [served.watch(group_id) for _ in range(watchers)]
+    tapes = [Tape() for _ in watches]
+    for watch, tape in zip(watches, tapes, strict=True):
+        tape.play(watch.events(1)[0])
+    return watches, tapes
+
+
+def seen_by_one_who_left(served: Served, group_id: str, counters: dict[str, int]) -> Event:
+    """Creates the group with `counters`; a watcher sees its snapshot and leaves: the event."""
+    served.create(group_id)
+    served.update(group_id, counters)
+    first = served.watch(group_id)
+    seen = first.events(1)[0]
+    first.close()
+    return seen
+
+
+def send_watch_request(sock: socket.socket, port: int, group_id: str) -> None:
+    """A watch of `group_id` on a raw socket, which then reads only what the test reads."""
+    sock.connect(("127.0.0.1", port))
+    path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId={group_id}"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
 def test_a_watcher_gets_a_snapshot_then_each_change_with_its_version(
@@ -124,11 +146,7 @@ def test_concurrent_writers_every_watcher_sees_every_version_once_in_order(
     live: tuple[Served, redis.Redis],
 ) -> None:
     served, _ = live
-    served.create("busy")
-    watches = [served.watch("busy") for _ in range(3)]
-    tapes = [Tape() for _ in watches]
-    for watch, tape in zip(watches, tapes, strict=True):
-        tape.play(watch.events(1)[0])
+    watches, tapes = watched(served, "busy")
 
     def write(writer: int) -> int:
         applied = 0
@@ -175,11 +193,7 @@ def test_destroy_ends_the_stream_with_a_final_event(live: tuple[Served, redis.Re
 
 def test_last_event_id_that_is_current_continues_without_a_snapshot(live: tuple[Served, redis.Redis]) -> None:
     served, _ = live
-    served.create("g")
-    served.update("g", {"a": 1})
-    first = served.watch("g")
-    seen = first.events(1)[0]
-    first.close()
+    seen = seen_by_one_who_left(served, "g", {"a": 1})
     again = served.watch("g", last_event_id=seen.id)
     served.update("g", {"a": 2})
     event = again.next()
@@ -191,11 +205,7 @@ def test_last_event_id_of_a_group_that_moved_on_gets_a_resync_snapshot(
     live: tuple[Served, redis.Redis],
 ) -> None:
     served, _ = live
-    served.create("g")
-    served.update("g", {"a": 1})
-    first = served.watch("g")
-    seen = first.events(1)[0]
-    first.close()
+    seen = seen_by_one_who_left(served, "g", {"a": 1})
     served.update("g", {"a": 5, "b": 6})
     again = served.watch("g", last_event_id=seen.id)
     event = again.events(1)[0]
@@ -209,11 +219,7 @@ def test_last_event_id_of_a_destroyed_and_recreated_group_never_continues(
     live: tuple[Served, redis.Redis],
 ) -> None:
     served, _ = live
-    served.create("reborn")
-    served.update("reborn", {"a": 1})
-    first = served.watch("reborn")
-    seen = first.events(1)[0]
-    first.close()
+    seen = seen_by_one_who_left(served, "reborn", {"a": 1})
     served.post("destroy_group", {"GroupId": "reborn"})
     served.create("reborn")
     served.update("reborn", {"b": 9})  # version 1 again, of another life
@@ -234,11 +240,7 @@ def _update_without_notice(inspector: redis.Redis, group_id: str, key: str, valu
 
 def test_a_gap_in_versions_is_healed_by_a_resync_snapshot(live: tuple[Served, redis.Redis]) -> None:
     served, inspector = live
-    served.create("gappy")
-    served.update("gappy", {"a": 1})
-    watch = served.watch("gappy")
-    tape = Tape()
-    tape.play(watch.events(1)[0])
+    (watch,), (tape,) = watched(served, "gappy", {"a": 1}, watchers=1)
     _update_without_notice(inspector, "gappy", "b", 2)  # version 2, unannounced
     served.update("gappy", {"c": 3})  # version 3: the watcher notices 2 is missing
     event = watch.events(1)[0]
@@ -290,20 +292,17 @@ def test_a_slow_watcher_is_cut_off_with_its_buffer_bounded(
         # A client that never reads, with small socket buffers: the service's queue fills.
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", served.port))
-        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=firehose"
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        send_watch_request(sock, served.port, "firehose")
         reader = served.watch("firehose")  # a watcher that reads: it stays
         reader.events(1)
         channel = changes_channel(group_key_text(REGISTERED_APP, "firehose"), 0)
         wait_for(lambda: len(feeds.feeds[channel].watchers) == 2, 5, "both watchers")
-        big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
         largest = 0
         done = threading.Event()
 
         def write(n: int) -> None:
             if not done.is_set():
-                served.update("firehose", {key: value + n for key, value in big.items()})
+                served.update("firehose", {key: value + n for key, value in BIG.items()})
 
         def watch_sizes() -> None:
             nonlocal largest
@@ -341,9 +340,7 @@ def test_a_comment_heartbeat_keeps_an_idle_stream(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(feeds_module, "HEARTBEAT_SECONDS", 0.2)
-    fake_server = fakeredis.FakeServer()
-    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server)))
-    with serving(settings, store) as served:
+    with serving(settings, memory_store()) as served:
         served.create("quiet")
         watch = served.watch("quiet")
         watch.events(1)
@@ -380,14 +377,12 @@ def _watch_reply(
 def test_a_refused_watch_answers_its_documented_code(
     settings: Settings, params: str, over: dict[str, Any], code: int
 ) -> None:
-    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
-    with TestClient(create_app(settings, store)) as client:
+    with TestClient(create_app(settings, memory_store())) as client:
         assert _watch_reply(client, params, **over)["ErrorCode"] == code
 
 
 def test_a_watch_needs_an_admin_and_a_get(settings: Settings) -> None:
-    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
-    with TestClient(create_app(settings, store)) as client:
+    with TestClient(create_app(settings, memory_store())) as client:
         usersig = usersig_for(REGISTERED_APP, "stranger")
         assert (
             _watch_reply(client, "&GroupId=g", identifier="stranger", usersig=usersig)["ErrorCode"] == 60010
@@ -396,8 +391,7 @@ def test_a_watch_needs_an_admin_and_a_get(settings: Settings) -> None:
 
 
 def test_a_community_group_has_nothing_to_watch(settings: Settings) -> None:
-    store = Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
-    with TestClient(create_app(settings, store)) as client:
+    with TestClient(create_app(settings, memory_store())) as client:
         reply = _watch_reply(client, "&GroupId=%40TGS%23_community", sdkappid=IMPLICIT_APP)
         assert reply["ErrorCode"] == 10007
 
@@ -450,12 +444,7 @@ def test_redis_killed_and_restarted_mid_stream_every_watcher_resyncs(settings: S
     server = RedisServer().start()
     try:
         with serving(settings, open_store(server.url, timeout=1.0)) as served:
-            served.create("phoenix")
-            served.update("phoenix", {"a": 1})
-            watches = [served.watch("phoenix") for _ in range(3)]
-            tapes = [Tape() for _ in watches]
-            for watch, tape in zip(watches, tapes, strict=True):
-                tape.play(watch.events(1)[0])
+            watches, tapes = watched(served, "phoenix", {"a": 1})
             server.kill()
             server.start()  # same port, empty: nothing was kept on disk
             # The group is gone with the data: watchers of a registered group end.
@@ -464,12 +453,7 @@ def test_redis_killed_and_restarted_mid_stream_every_watcher_resyncs(settings: S
                 assert event is not None
                 assert event.event == "destroyed"
             # A group that survives a restart (re-created here) resyncs instead.
-            served.create("phoenix")
-            served.update("phoenix", {"b": 2})
-            watches = [served.watch("phoenix") for _ in range(3)]
-            tapes = [Tape() for _ in watches]
-            for watch, tape in zip(watches, tapes, strict=True):
-                tape.play(watch.events(1)[0])
+            watches, tapes = watched(served, "phoenix", {"b": 2})
             with server.client() as client:
                 client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
             _resynced_after(served, watches, tapes, "phoenix", 10)
@@ -481,12 +465,7 @@ def test_a_persistent_redis_restarted_mid_stream_every_watcher_resyncs(settings:
     server = RedisServer(persistence=("--appendonly", "yes", "--appendfsync", "always", "--save", "")).start()
     try:
         with serving(settings, open_store(server.url, timeout=1.0)) as served:
-            served.create("phoenix")
-            served.update("phoenix", {"a": 1})
-            watches = [served.watch("phoenix") for _ in range(3)]
-            tapes = [Tape() for _ in watches]
-            for watch, tape in zip(watches, tapes, strict=True):
-                tape.play(watch.events(1)[0])
+            watches, tapes = watched(served, "phoenix", {"a": 1})
             server.kill()
             time.sleep(0.3)
             server.start()
@@ -503,12 +482,7 @@ def test_a_sentinel_failover_mid_stream_every_watcher_resyncs(settings: Settings
         assert setup.sentinel is not None
         assert setup.replica is not None
         with serving(settings, open_store(setup.url, timeout=1.0)) as served:
-            served.create("g")
-            served.update("g", {"a": 1})
-            watches = [served.watch("g") for _ in range(3)]
-            tapes = [Tape() for _ in watches]
-            for watch, tape in zip(watches, tapes, strict=True):
-                tape.play(watch.events(1)[0])
+            watches, tapes = watched(served, "g", {"a": 1})
             assert setup.master is not None
             with setup.master.client() as master:  # what was acknowledged is on the replica
                 assert master.execute_command("WAIT", 1, 1000) == 1
@@ -530,12 +504,7 @@ def test_a_cluster_slot_migration_mid_stream_every_watcher_resyncs(
     inspector.flushall(target_nodes=inspector.PRIMARIES)
     inspector.close()
     with serving(settings, open_store(redis_cluster.url, timeout=2.0)) as served:
-        served.create("mover")
-        served.update("mover", {"a": 1})
-        watches = [served.watch("mover") for _ in range(3)]
-        tapes = [Tape() for _ in watches]
-        for watch, tape in zip(watches, tapes, strict=True):
-            tape.play(watch.events(1)[0])
+        watches, tapes = watched(served, "mover", {"a": 1})
         slot = slot_of("mover")
         source = redis_cluster.node(slot_owners(redis_cluster)[slot])
         target = next(node for node in redis_cluster.nodes if node is not source)
@@ -726,9 +695,7 @@ def _cut_off_a_watcher_that_never_reads(served: Served, group_id: str) -> Watch:
     before = exported("group_counter_watchers_cut_off_total")
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", served.port))
-        path = f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId={group_id}"
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        send_watch_request(sock, served.port, group_id)
 
         def attached() -> bool:
             feed = feeds.feeds.get(channel)
@@ -741,12 +708,11 @@ def _cut_off_a_watcher_that_never_reads(served: Served, group_id: str) -> Watch:
         slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         reader = served.watch(group_id)  # reads, if only after the writes: never cut off
         reader.events(1)
-        big = {f"{n:02d}" + "k" * 120: 2**62 + n for n in range(20)}  # a frame of about 3 KB
         deadline = time.monotonic() + 30
         step = 0
         while exported("group_counter_watchers_cut_off_total") == before:
             assert time.monotonic() < deadline, "the slow watcher was never cut off"
-            served.update(group_id, {key: value + step for key, value in big.items()})
+            served.update(group_id, {key: value + step for key, value in BIG.items()})
             step += 1
         wait_for(lambda: len(feeds.feeds[channel].watchers) == 1, 5, "the slow watcher's stream to end")
     return reader

@@ -9,7 +9,6 @@ kubernetes-validate come from the `loadtest` and `dev` extras.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import os
 import subprocess
@@ -22,71 +21,29 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import httpx2
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from tests.hostile import service_on_redis
 from tests.support import (
     ADMIN,
     IMPLICIT_APP,
     REGISTERED_APP,
     SECRET_KEYS,
-    RedisServer,
-    ServiceProcess,
     free_port,
     stop_process,
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 LOCUSTFILE: Final = ROOT / "deploy" / "loadtest" / "locustfile.py"
-SERVICE_CONFIG: Final = """
-redis_url = "{redis_url}"
-
-[[apps]]
-sdkappid = {registered}
-secret_key = "{registered_key}"
-admins = ["{admin}"]
-groups = "registered"
-
-[[apps]]
-sdkappid = {implicit}
-secret_key = "{implicit_key}"
-admins = ["{admin}"]
-groups = "implicit"
-"""
-
-
-def _answers(service: ServiceProcess) -> bool:
-    try:
-        return httpx2.get(f"{service.base_url}/healthz", timeout=1).status_code == 200
-    except httpx2.TransportError:
-        return False
 
 
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real service, as its own process, on a redis-server of the test's own."""
-    redis_server = RedisServer().start()
-    workdir = tmp_path_factory.mktemp("service")
-    config = workdir / "config.toml"
-    config.write_text(
-        SERVICE_CONFIG.format(
-            redis_url=redis_server.url,
-            registered=REGISTERED_APP,
-            registered_key=SECRET_KEYS[REGISTERED_APP],
-            implicit=IMPLICIT_APP,
-            implicit_key=SECRET_KEYS[IMPLICIT_APP],
-            admin=ADMIN,
-        )
-    )
-    service = ServiceProcess.start(config, log=workdir / "service.log")
-    try:
-        service.wait_until(functools.partial(_answers, service))
+    with service_on_redis(tmp_path_factory.mktemp("service")) as service:
         yield service.base_url
-    finally:
-        service.stop()
-        redis_server.stop()
 
 
 class LoadtestRun:
@@ -336,9 +293,11 @@ def test_the_kubernetes_manifests_render_and_validate() -> None:
         ("Deployment", "locust-worker"),
         ("Service", "locust-master"),
     ]
-    # The ConfigMap holds the locustfile itself, not a copy that could drift.
+    # The ConfigMap holds the locustfile and every module it imports themselves, not copies
+    # that could drift, and none is missing: the pod mounts them side by side.
     locustfile = next(d for (kind, name), d in found.items() if name.startswith("loadtest-locustfile"))
-    assert locustfile["data"]["locustfile.py"] == LOCUSTFILE.read_text()
+    kit = {path.name: path.read_text() for path in LOCUSTFILE.parent.glob("*.py")}
+    assert locustfile["data"] == kit
     # Only the workers call the target; their key comes from a Secret, never a literal.
     worker = found["Deployment", "locust-worker"]["spec"]["template"]["spec"]["containers"][0]
     assert [env["valueFrom"]["secretKeyRef"]["key"] for env in worker["env"]] == ["secret-key"]

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
-from tests.support import ADMIN, REGISTERED_APP, Api, usersig_for
+from tests import support
+from tests.support import ADMIN, INCREASE_A, REGISTERED_APP, UPDATE, Api, usersig_for
 
 # The registered app's sdkappid in fullwidth digits (U+FF10..U+FF19): str.isdigit() is True.
 FULLWIDTH_APP = "".join(chr(ord(c) + 0xFEE0) for c in str(REGISTERED_APP))
-UPDATE = "/v4/group_open_http_svc/update_group_counter"
-INCREASE_A: dict[str, Any] = {
-    "GroupId": "g",
-    "Mode": "Increase",
-    "GroupCounter": [{"Key": "a", "Value": 1}],
-}
 
 
 def default_params() -> dict[str, str]:
@@ -31,10 +25,8 @@ def default_params() -> dict[str, str]:
 
 
 def post_query(api: Api, query_string: str, body: Any = INCREASE_A, path: str = UPDATE) -> dict[str, Any]:
-    """POST with a query string built by hand (for values `support.query` cannot express)."""
-    response = api.client.post(path + "?" + query_string, content=json.dumps(body).encode())
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
+    """`support.post_query`, and its ActionStatus agrees with its ErrorCode."""
+    reply = support.post_query(api, query_string, body, path)
     assert reply["ActionStatus"] == ("OK" if reply["ErrorCode"] == 0 else "FAIL")
     return reply
 

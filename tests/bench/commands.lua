@@ -9,7 +9,7 @@
 --   create      create_group of BENCH_PREFIX .. n, n counting up from BENCH_START
 --   destroy     destroy_group of BENCH_PREFIX .. n, n counting up from BENCH_START: groups
 --               the bench created before the run (tests/bench/rows.py, GroupPool)
--- One thread only: the names and keys are one sequence. Counts and reports as update.lua.
+-- One thread only: the names and keys are one sequence. Counts and reports as counting.lua says.
 local workload = os.getenv("BENCH_WORKLOAD")
 local groups = tonumber(os.getenv("BENCH_GROUPS") or "10000")
 local prefix = os.getenv("BENCH_PREFIX") or ""
@@ -48,42 +48,16 @@ if chosen == nil then error("BENCH_WORKLOAD must be get, delete, idempotent, cre
 local path = "/v4/group_open_http_svc/" .. chosen[1] .. query
 local build = chosen[2]
 
-local threads = {}
-acked, failed, sent = 0, 0, 0
+-- counting.lua, beside this script: threads, acked/failed/sent, init, response and done.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "counting.lua")
 
 function setup(thread)
   table.insert(threads, thread)
   if #threads > 1 then error("commands.lua runs on one wrk thread (-t1)") end
 end
 
-function init(args)
-  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
-end
-
 function request()
   local body, headers = build(sent)
   sent = sent + 1
   return wrk.format("POST", path, headers, body)
-end
-
-function response(status, headers, body)
-  if status == 200 and string.find(body, '"ErrorCode":0,', 1, true) then
-    acked = acked + 1
-  else
-    failed = failed + 1
-  end
-end
-
-function done(summary, latency, requests)
-  local total_acked, total_failed, total_sent = 0, 0, 0
-  for _, thread in ipairs(threads) do
-    total_acked = total_acked + thread:get("acked")
-    total_failed = total_failed + thread:get("failed")
-    total_sent = total_sent + thread:get("sent")
-  end
-  io.write(string.format(
-    "BENCH acked=%d failed=%d requests=%d p50_us=%d p99_us=%d socket_errors=%d sent=%d\n",
-    total_acked, total_failed, summary.requests, latency:percentile(50), latency:percentile(99),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    total_sent))
 end

@@ -24,22 +24,18 @@ import tempfile
 from pathlib import Path
 
 from service.api.auth import mint_usersig
-from tests.bench.run import (
+from tests.bench.client import create_groups, group_ids
+from tests.bench.drivers import run_wrk
+from tests.bench.machine import BenchError, Cpus, require_tools
+from tests.bench.rounds import WARMUP_SECONDS, summarise_rounds
+from tests.bench.servers import (
     ADMIN,
     ROOT,
     SDKAPPID,
     SECRET_KEY,
-    WARMUP_SECONDS,
-    BenchError,
-    Cpus,
-    create_groups,
-    group_ids,
-    require_tools,
-    run_wrk,
     running,
     service_server,
     start_redis,
-    summarise_rounds,
     write_config,
 )
 

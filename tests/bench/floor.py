@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from tests.bench.run import BenchError, Cpus
+from tests.bench.machine import BenchError, Cpus
 from tests.bench.watchers import take
 
 

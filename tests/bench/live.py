@@ -34,25 +34,20 @@ from pathlib import Path
 from typing import Any, Final
 
 from service.api.auth import mint_usersig
+from tests.bench.client import create_groups, group_ids
+from tests.bench.drivers import WrkResult, run_wrk
+from tests.bench.exactness import Ledger
 from tests.bench.floor import floor_pass
-from tests.bench.run import (
+from tests.bench.machine import BenchError, Cpus
+from tests.bench.rounds import NOISY_SPREAD, spread, summarise_rounds
+from tests.bench.servers import (
     ADMIN,
-    NOISY_SPREAD,
     SDKAPPID,
     SECRET_KEY,
-    BenchError,
-    Cpus,
-    Ledger,
     Server,
-    WrkResult,
-    create_groups,
-    group_ids,
     rss_kib,
-    run_wrk,
     running,
     service_server,
-    spread,
-    summarise_rounds,
     write_config,
 )
 from tests.support import RedisServer

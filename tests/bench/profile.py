@@ -38,17 +38,17 @@ from pathlib import Path
 from typing import Any
 
 from service.api.auth import mint_usersig
-from tests.bench.run import (
+from tests.bench.client import create_groups, group_ids
+from tests.bench.drivers import run_wrk
+from tests.bench.live import delivery
+from tests.bench.machine import Cpus, pin
+from tests.bench.rounds import WARMUP_SECONDS
+from tests.bench.rows import COMMANDS_SCRIPT
+from tests.bench.servers import (
     ADMIN,
     SDKAPPID,
     SECRET_KEY,
-    WARMUP_SECONDS,
-    Cpus,
     Server,
-    create_groups,
-    group_ids,
-    pin,
-    run_wrk,
     running,
     service_server,
     start_redis,
@@ -234,14 +234,10 @@ def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> Non
 def _script(name: str) -> dict[str, Any]:
     if name == "update":
         return {}
-    from tests.bench.rows import COMMANDS_SCRIPT  # builds on run.py
-
     return {"script": COMMANDS_SCRIPT, "env": {"BENCH_WORKLOAD": name}}
 
 
 def profile_live(watchers: int, seconds: float, workdir: Path, cpus: Cpus) -> None:
-    from tests.bench.live import delivery  # builds on run.py
-
     redis_server = start_redis(cpus)
     samplers: list[Sampler] = []
     threads: list[threading.Thread] = []

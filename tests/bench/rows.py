@@ -14,8 +14,8 @@ cost per call from INFO commandstats around each service run:
   cluster         update.lua on a service on a 3-master Redis Cluster started here, pinned
                   like the bench's own redis-server, its own groups and exactness check
 
-The headline row, update on the default config, is the throughput phase's (run.py).
-`make bench` calls `rows_phase`; it builds on run.py, which imports it when needed.
+The headline row, update on the default config, is the throughput phase's (phases.py).
+`make bench` calls `rows_phase` (phases.py); the report renders the rows (report.py).
 """
 
 from __future__ import annotations
@@ -30,34 +30,22 @@ import redis
 
 from service.api.auth import mint_usersig
 from service.storage.keys import group_key
+from tests.bench.client import CONNECTIONS, call_each, create_groups, group_ids
+from tests.bench.drivers import WrkResult
+from tests.bench.exactness import Ledger, exactness_verdict, read_counters
+from tests.bench.machine import BenchError, Cpus, pin
+from tests.bench.markdown import met, table
 from tests.bench.redis_cost import RedisMeter
-from tests.bench.run import (
+from tests.bench.rounds import NOISY_SPREAD, Workload, paired_rounds, row_summary, service_run
+from tests.bench.servers import (
     ADMIN,
-    CONNECTIONS,
     NEVER_REFUSES,
-    NOISY_SPREAD,
     RATE_LIMITED_SDKAPPID,
     RATE_LIMITED_SECRET_KEY,
     SDKAPPID,
-    BenchError,
-    Cpus,
-    Ledger,
     Server,
-    Workload,
-    WrkResult,
-    call_each,
-    create_groups,
-    exactness_verdict,
-    group_ids,
-    met,
-    paired_rounds,
-    pin,
-    read_counters,
-    row_summary,
     running,
-    service_run,
     service_server,
-    table,
     write_config,
 )
 from tests.topologies import Cluster

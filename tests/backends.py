@@ -1,0 +1,43 @@
+"""The store each contract test runs on, emptied, with a client that reads it directly."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import fakeredis
+import pytest
+import redis
+
+from service.storage.store import Store, open_store
+from service.storage.transports.embedded import RedisPyTransport
+from tests.support import RedisServer
+from tests.topologies import Cluster
+
+BACKENDS = ["redis", "memory", "cluster"]
+
+
+def memory_store() -> Store:
+    """The embedded store on a fakeredis server of its own."""
+    return Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())))
+
+
+def empty_store(backend: str, request: pytest.FixtureRequest) -> tuple[Store, redis.Redis]:
+    """A store on `backend` ("redis", "cluster" or "memory"), emptied, and an inspector of it.
+
+    The session's redis-server and Cluster come from their fixtures through `request`.
+    """
+    inspector: redis.Redis
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        inspector = redis.Redis.from_url(server.url)
+        inspector.flushall()
+        return open_store(server.url, timeout=2.0), inspector
+    if backend == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        cluster_client = cluster.inspector()
+        cluster_client.flushall(target_nodes=cluster_client.PRIMARIES)
+        # Not a redis.Redis, but it answers every call the tests make on an inspector.
+        return open_store(cluster.url, timeout=2.0), cast(redis.Redis, cluster_client)
+    fake_server = fakeredis.FakeServer()
+    inspector = fakeredis.FakeRedis(server=fake_server)
+    return Store(RedisPyTransport(fakeredis.FakeAsyncRedis(server=fake_server))), inspector
