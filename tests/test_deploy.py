@@ -903,3 +903,81 @@ def test_make_image_the_readme_and_the_overlays_name_one_image() -> None:
         f"{NAME}:TAG"
     }
     assert mentioned == {image}, f"other tags in README/Dockerfile: {mentioned - {image}}"
+
+
+# --- tests: what the production overlay asks of its operator ----------------------------
+
+
+def render_copy(tmp_path: Path, edit: Callable[[Path], None]) -> list[Manifest]:
+    """The production overlay rendered from a copy of deploy/ that `edit` changed, as an
+    operator edits their own copy."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("loadtest"))
+    edit(copy / "overlays" / "production" / "kustomization.yaml")
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(copy / "overlays" / "production")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+def redis_ports_patch(kustomization: Manifest) -> Manifest:
+    """The production kustomization's knob: the patch that sets the NetworkPolicy's Redis ports."""
+    [patch] = [p for p in kustomization["patches"] if p.get("target", {}).get("kind") == "NetworkPolicy"]
+    return dict(patch)
+
+
+def test_redis_ports_are_a_knob_in_the_production_kustomization(tmp_path: Path) -> None:
+    kustomization = yaml.safe_load((KUSTOMIZATIONS["production"] / "kustomization.yaml").read_text())
+    [replace] = [
+        op for op in yaml.safe_load(redis_ports_patch(kustomization)["patch"]) if op["op"] == "replace"
+    ]
+    egress = only(render("production"), "NetworkPolicy", NAME)["spec"]["egress"]
+    assert policy_ports(egress) - {(53, "UDP"), (53, "TCP")} == policy_ports([{"ports": replace["value"]}])
+
+    def managed_redis_port(path: Path) -> None:
+        text = path.read_text()
+        start = text.index("value:\n", text.index("op: replace"))
+        end = text.index("\n", text.index("{port: 26379"))
+        path.write_text(text[:start] + "value:\n          - {port: 16380, protocol: TCP}" + text[end:])
+
+    egress = only(render_copy(tmp_path, managed_redis_port), "NetworkPolicy", NAME)["spec"]["egress"]
+    assert policy_ports(egress) == {(53, "UDP"), (53, "TCP"), (16380, "TCP")}
+
+
+def test_production_renders_without_the_prometheus_operator(tmp_path: Path) -> None:
+    """README's way to go without the Operator's CRDs: delete two lines from `resources`."""
+    dropped = ("servicemonitor.yaml", "../../monitoring")
+    readme = (ROOT / "README.md").read_text()
+    for name in dropped:
+        assert f"`{name}`" in readme, f"the README does not say to drop {name}"
+
+    def drop(path: Path) -> None:
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if line.strip() not in {f"- {n}" for n in dropped}))
+
+    objects = render_copy(tmp_path, drop)
+    assert not [obj for obj in objects if obj["apiVersion"].startswith("monitoring.coreos.com/")]
+    kept = {(obj["kind"], obj["metadata"]["name"]) for obj in objects}
+    full = {(obj["kind"], obj["metadata"]["name"]) for obj in render("production")}
+    assert full - kept == {
+        ("ServiceMonitor", NAME),
+        ("PrometheusRule", NAME),
+        ("ConfigMap", "group-counter-dashboard"),
+    }
+
+
+def test_readme_states_the_production_overlays_prerequisites() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Deploy on Kubernetes\n") :]
+    section = " ".join(section[: section.index("\n### ")].split())
+    for needed in ("Prometheus Operator", "kubectl 1.27", "kustomize v5", "IngressClass", "ingressClassName"):
+        assert needed in section, needed
+    version = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True, check=True)
+    match = re.search(r"Client Version: v1\.(\d+)\.", version.stdout)
+    assert match, version.stdout
+    assert int(match.group(1)) >= 27, "the tests render with a kubectl older than the README's floor"
