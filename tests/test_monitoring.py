@@ -451,6 +451,24 @@ def test_client_caused_errors_do_not_page(tmp_path: Path) -> None:
     )
 
 
+def test_edge_503s_count_as_failures_on_the_services_side(tmp_path: Path) -> None:
+    """Workers at max_connections refuse 5% of the calls with HTTP 503 and no call answers
+    10002: that is the service failing its clients, and pages."""
+    run_promtool_tests(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": [series(CALLS, "0+5700x40"), series(REFUSED, "0+300x40")],
+                "alert_rule_test": [
+                    quiet("GroupCounterErrorRatioHigh", "5m"),
+                    firing("GroupCounterErrorRatioHigh", "25m", {"severity": "critical"}),
+                ],
+            }
+        ],
+    )
+
+
 def fires_with(alert: str, at: str, severity: str, description: str, anchor: str) -> dict[str, Any]:
     """The alert firing with exactly this text (its summary as written in the rule)."""
     [rule] = [rule for rule in alerts() if rule["alert"] == alert]
