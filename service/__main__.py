@@ -280,12 +280,14 @@ def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
     if settings.config.demo:
         print(f"Live demo (open it twice, press Like): http://{args.host}:{args.port}/demo")
     print("Ready-to-paste (the usersig is valid for 24 h):")
+    # A group of their own: the demo page uses "demo" and the README's walkthrough
+    # "walkthrough", so pasting these after either (or before) collides with neither.
     if not app.implicit_groups:
-        body = '{"Type":"Public","Name":"demo","GroupId":"demo"}'
+        body = '{"Type":"Public","Name":"quickstart","GroupId":"quickstart"}'
         print(f"curl -s '{base}/create_group?{query}' -d '{body}'")
     print(
         f"curl -s '{base}/update_group_counter?{query}' "
-        '-d \'{"GroupId":"demo","Mode":"Increase","GroupCounter":[{"Key":"like","Value":1}]}\''
+        '-d \'{"GroupId":"quickstart","Mode":"Increase","GroupCounter":[{"Key":"like","Value":1}]}\''
     )
     return 0
 

@@ -366,9 +366,10 @@ def test_deployment_leaves_replicas_to_the_hpa(kustomization: str) -> None:
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", NAME)
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == REPLICAS[kustomization]
-    [metric] = hpa["spec"]["metrics"]
-    assert metric["resource"]["name"] == "cpu"
-    assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    # CPU for calls, memory for watchers (which cost memory, hardly any CPU).
+    assert hpa_target(objects, "cpu") == {"type": "Utilization", "averageUtilization": 70}
+    assert hpa_target(objects, "memory")["type"] == "AverageValue"
+    assert [metric["type"] for metric in hpa["spec"]["metrics"]] == ["Resource", "Resource"]
     # The HPA's utilisation is relative to the request: no request, no scaling.
     assert container(objects)["resources"]["requests"]["cpu"]
     pdb = only(objects, "PodDisruptionBudget", NAME)
@@ -410,12 +411,105 @@ def test_resource_requests_match_the_measured_use(kustomization: str) -> None:
     # per pod), not the idle hum a 100m request is. The bench's figure moves with the
     # machine's speed on the day (13,700 to 27,000 calls/s per core for the same code on
     # the bench machine), hence a floor well below what it usually shows.
-    [metric] = only(objects, "HorizontalPodAutoscaler", NAME)["spec"]["metrics"]
-    scale_out_calls = request_cpu * metric["resource"]["target"]["averageUtilization"] / 100 * calls_per_core
+    scale_out_calls = request_cpu * hpa_target(objects, "cpu")["averageUtilization"] / 100 * calls_per_core
     assert scale_out_calls >= 3000, f"the HPA scales out at about {scale_out_calls:.0f} calls/s per pod"
     # Memory: the request covers the measured resident set, the limit twice that.
     assert memory_bytes(resources["requests"]["memory"]) >= 1.5 * rss
     assert memory_bytes(resources["limits"]["memory"]) >= 2 * memory_bytes(resources["requests"]["memory"])
+
+
+def hpa_target(objects: list[Manifest], resource: str) -> dict[str, Any]:
+    """The HPA's target for one resource metric."""
+    metrics = only(objects, "HorizontalPodAutoscaler", NAME)["spec"]["metrics"]
+    [target] = [m["resource"]["target"] for m in metrics if m["resource"]["name"] == resource]
+    return dict(target)
+
+
+def watcher_bytes() -> float:
+    """What one watcher adds to a worker's RSS, the largest of the bench's runs."""
+    return float(max(run["rss_per_watcher_bytes"] for run in measured()["live"]["delivery"]))
+
+
+# Above what max_connections' watchers take: requests in flight, the collector's garbage.
+MEMORY_HEADROOM: Final = 1.15
+
+
+@pytest.mark.parametrize("kustomization", list(KUSTOMIZATIONS))
+def test_memory_limit_holds_a_worker_full_of_watchers(kustomization: str) -> None:
+    """A pod at max_connections (every connection a watcher) refuses the next one with a
+    503 instead of being OOM-killed with all its watchers (deployment.yaml's arithmetic)."""
+    objects = render(kustomization)
+    settings = parse_config(config_file(objects).text, environ=container_env(objects))
+    rss = measured()["soak"]["rss_max_kib"] * 1024
+    assert arg_value(container(objects)["args"], "--workers") in (None, "1"), "one worker per pod"
+    full = rss + settings.config.max_connections * watcher_bytes()
+    limit = memory_bytes(container(objects)["resources"]["limits"]["memory"])
+    assert limit >= MEMORY_HEADROOM * full, f"{limit / 2**20:.0f} MiB for {full / 2**20:.0f} MiB of watchers"
+
+
+@pytest.mark.parametrize("kustomization", list(KUSTOMIZATIONS))
+def test_hpa_adds_pods_for_watchers_before_any_pod_is_full(kustomization: str) -> None:
+    objects = render(kustomization)
+    settings = parse_config(config_file(objects).text, environ=container_env(objects))
+    resources = container(objects)["resources"]
+    target = memory_bytes(hpa_target(objects, "memory")["averageValue"])
+    rss = measured()["soak"]["rss_max_kib"] * 1024
+    watchers = (target - rss) / watcher_bytes()
+    assert 1000 <= watchers < settings.config.max_connections
+    # Below the memory alert's 85% of the limit, and what the scheduler reserves.
+    assert target < 0.85 * memory_bytes(resources["limits"]["memory"])
+    assert target <= memory_bytes(resources["requests"]["memory"])
+
+
+def sizing_figures() -> dict[str, int]:
+    """The sizing figures, derived from BENCHMARKS.md and the base manifests, as quoted."""
+    objects = render("base")
+    resources = container(objects)["resources"]
+    calls_per_core = measured()["throughput"]["service"]["rps"]
+    request_cpu = cpu_cores(resources["requests"]["cpu"])
+    utilization = hpa_target(objects, "cpu")["averageUtilization"] / 100
+    rss = measured()["soak"]["rss_max_kib"] * 1024
+    target = memory_bytes(hpa_target(objects, "memory")["averageValue"])
+    return {
+        "calls/s on a full core": round(calls_per_core, -3),
+        "calls/s at the CPU request": round(request_cpu * calls_per_core, -2),
+        "calls/s where the HPA adds a pod": round(request_cpu * utilization * calls_per_core, -2),
+        "watchers where the HPA adds a pod": round((target - rss) / watcher_bytes(), -3),
+    }
+
+
+def comments(path: Path) -> str:
+    """A YAML file's comments as one line of text."""
+    lines = [line.strip()[1:] for line in path.read_text().splitlines() if line.strip().startswith("#")]
+    return " ".join(" ".join(lines).split())
+
+
+def quoted(text: str, unit: str) -> set[int]:
+    return {int(n.replace(",", "")) for n in re.findall(rf"(\d{{1,3}}(?:,\d{{3}})+|\d+) {unit}", text)}
+
+
+def test_readme_deployment_and_hpa_quote_one_set_of_sizing_figures() -> None:
+    figures = sizing_figures()
+    calls = {v for k, v in figures.items() if k.startswith("calls/s")}
+    watchers = {figures["watchers where the HPA adds a pod"]}
+    readme = (ROOT / "README.md").read_text()
+    sizing = readme[readme.index("\n### Sizing\n") :]
+    sizing = " ".join(sizing[: sizing.index("\n### ", 1)].split())
+    texts = {
+        "README": sizing,
+        "deployment.yaml": comments(DEPLOY / "base" / "deployment.yaml"),
+        "hpa.yaml": comments(DEPLOY / "base" / "hpa.yaml"),
+    }
+    for name, text in texts.items():
+        assert quoted(text, "calls/s") <= calls, f"{name}: {quoted(text, 'calls/s') - calls} calls/s"
+        assert figures["calls/s where the HPA adds a pod"] in quoted(text, "calls/s"), name
+        assert quoted(text, "watchers") <= watchers, f"{name}: {quoted(text, 'watchers') - watchers} watchers"
+        assert watchers <= quoted(text, "watchers"), name
+    assert calls <= quoted(texts["README"], "calls/s")
+    assert calls <= quoted(texts["deployment.yaml"], "calls/s")
+    resources = container(render("base"))["resources"]
+    for quantity in (resources["limits"]["memory"], resources["requests"]["memory"]):
+        assert all(quantity in text for text in texts.values()), quantity
 
 
 def deployment_pod_labels(objects: list[Manifest]) -> dict[str, str]:
@@ -876,3 +970,81 @@ def test_upgrading_md_makes_a_valid_upgrade_pod_from_the_deployment(extra: list[
     assert upgrader["env"] == container(render("production"))["env"]
     assert upgrader["volumeMounts"] == container(render("production"))["volumeMounts"]
     assert pod["metadata"]["labels"] == deployment["spec"]["template"]["metadata"]["labels"]
+
+
+# --- tests: what the production overlay asks of its operator ----------------------------
+
+
+def render_copy(tmp_path: Path, edit: Callable[[Path], None]) -> list[Manifest]:
+    """The production overlay rendered from a copy of deploy/ that `edit` changed, as an
+    operator edits their own copy."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("loadtest"))
+    edit(copy / "overlays" / "production" / "kustomization.yaml")
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(copy / "overlays" / "production")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+def redis_ports_patch(kustomization: Manifest) -> Manifest:
+    """The production kustomization's knob: the patch that sets the NetworkPolicy's Redis ports."""
+    [patch] = [p for p in kustomization["patches"] if p.get("target", {}).get("kind") == "NetworkPolicy"]
+    return dict(patch)
+
+
+def test_redis_ports_are_a_knob_in_the_production_kustomization(tmp_path: Path) -> None:
+    kustomization = yaml.safe_load((KUSTOMIZATIONS["production"] / "kustomization.yaml").read_text())
+    [replace] = [
+        op for op in yaml.safe_load(redis_ports_patch(kustomization)["patch"]) if op["op"] == "replace"
+    ]
+    egress = only(render("production"), "NetworkPolicy", NAME)["spec"]["egress"]
+    assert policy_ports(egress) - {(53, "UDP"), (53, "TCP")} == policy_ports([{"ports": replace["value"]}])
+
+    def managed_redis_port(path: Path) -> None:
+        text = path.read_text()
+        start = text.index("value:\n", text.index("op: replace"))
+        end = text.index("\n", text.index("{port: 26379"))
+        path.write_text(text[:start] + "value:\n          - {port: 16380, protocol: TCP}" + text[end:])
+
+    egress = only(render_copy(tmp_path, managed_redis_port), "NetworkPolicy", NAME)["spec"]["egress"]
+    assert policy_ports(egress) == {(53, "UDP"), (53, "TCP"), (16380, "TCP")}
+
+
+def test_production_renders_without_the_prometheus_operator(tmp_path: Path) -> None:
+    """README's way to go without the Operator's CRDs: delete two lines from `resources`."""
+    dropped = ("servicemonitor.yaml", "../../monitoring")
+    readme = (ROOT / "README.md").read_text()
+    for name in dropped:
+        assert f"`{name}`" in readme, f"the README does not say to drop {name}"
+
+    def drop(path: Path) -> None:
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if line.strip() not in {f"- {n}" for n in dropped}))
+
+    objects = render_copy(tmp_path, drop)
+    assert not [obj for obj in objects if obj["apiVersion"].startswith("monitoring.coreos.com/")]
+    kept = {(obj["kind"], obj["metadata"]["name"]) for obj in objects}
+    full = {(obj["kind"], obj["metadata"]["name"]) for obj in render("production")}
+    assert full - kept == {
+        ("ServiceMonitor", NAME),
+        ("PrometheusRule", NAME),
+        ("ConfigMap", "group-counter-dashboard"),
+    }
+
+
+def test_readme_states_the_production_overlays_prerequisites() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Deploy on Kubernetes\n") :]
+    section = " ".join(section[: section.index("\n### ")].split())
+    for needed in ("Prometheus Operator", "kubectl 1.27", "kustomize v5", "IngressClass", "ingressClassName"):
+        assert needed in section, needed
+    version = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True, check=True)
+    match = re.search(r"Client Version: v1\.(\d+)\.", version.stdout)
+    assert match, version.stdout
+    assert int(match.group(1)) >= 27, "the tests render with a kubectl older than the README's floor"

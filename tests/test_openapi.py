@@ -115,6 +115,10 @@ def test_the_documents_name_every_error_code_the_service_has() -> None:
     table = (ROOT / "docs" / "API.md").read_text().split("## 6.", 1)[1].split("## 7.", 1)[0]
     listed = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
     assert listed == codes | {0}, "docs/API.md §6 lists every code"
+    readme = (ROOT / "README.md").read_text().split("### Error codes", 1)[1].split("\n### ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", readme, re.MULTILINE))
+    assert {int(code) for code in rows} == codes | {0}, "the README's error table lists every code"
+    assert "end user" in rows[str(int(ErrorCode.NOT_ADMIN))], "60010 means something to end users too"
 
 
 def test_the_service_serves_the_document_at_openapi_json(service: ServiceProcess) -> None:
