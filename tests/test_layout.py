@@ -19,6 +19,7 @@ function or under TYPE_CHECKING: they are dependencies all the same.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -124,3 +125,18 @@ def test_every_package_says_what_it_owns_and_what_it_may_import() -> None:
         docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert docstring, f"{init.relative_to(ROOT)} has no docstring"
         assert "may import" in docstring, f"{init.relative_to(ROOT)} does not say what it may import"
+
+
+def test_the_architecture_note_matches_the_tree() -> None:
+    """docs/architecture.md names every package and module of service/, and nothing else."""
+    note = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for package in sorted(path.parent for path in SERVICE.glob("*/__init__.py")):
+        assert f"service/{package.name}/" in note, (
+            f"docs/architecture.md does not show service/{package.name}/"
+        )
+    for path in sorted(SERVICE.rglob("*.py")):
+        if path.name != "__init__.py":
+            assert path.name in note, f"docs/architecture.md does not name {path.relative_to(ROOT)}"
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", note))
+    existing = {path.name for path in SERVICE.rglob("*.py")}
+    assert named <= existing, f"docs/architecture.md names files that are gone: {named - existing}"
