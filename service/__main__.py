@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from service.api.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
+from service.moving.exits import EXIT_CODES_HELP, MAX_LINE_BYTES
 from service.ops.lifecycle import exit_zero_after_graceful_shutdown
 from service.ops.logs import setup_logging
 from service.storage.store import EMBEDDED_URL
@@ -244,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     export = sub.add_parser("export", help="every group as JSON Lines on stdout")
     export.add_argument("--sdkappid", type=int, help="one app only (default: every app of the config)")
-    load = sub.add_parser("import", help="create groups and set their counters from JSON Lines")
+    load = sub.add_parser(
+        "import",
+        help="create groups and set their counters from JSON Lines",
+        epilog=f"a line over {MAX_LINE_BYTES} bytes is rejected unread\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     load.add_argument("--input", default="-", help="the JSON Lines file (default: stdin)")
     load.add_argument("--dry-run", action="store_true", help="check every line and report; write nothing")
     conflicts = ("skip", "overwrite", "fail")

@@ -1,8 +1,7 @@
 """The command lines that move counters: export, import, migrate (README, "Moving counters").
 
-Exit codes: 0 done; 1 done, but some lines were rejected, or a conflict stopped an
-import (--on-conflict fail), or a migration stopped (rerun it to resume); 2 the
-config or the arguments are wrong, nothing was done.
+Exit codes: `exits.Exit` (0 done; 1 some lines or groups rejected; 2 could not run, or
+not to the end; 3 a conflict stopped an import; 130 interrupted).
 """
 
 from __future__ import annotations
@@ -16,8 +15,16 @@ from typing import IO
 
 from service.config import ConfigError, Settings, load_config
 from service.errors import ServiceError
+from service.moving.exits import Exit
 from service.moving.migrate import MigrationError, Source, migrate
-from service.moving.transfer import ImportReport, OnConflict, Progress, export_app, import_lines
+from service.moving.transfer import (
+    ImportReport,
+    OnConflict,
+    Progress,
+    bounded_lines,
+    export_app,
+    import_lines,
+)
 from service.storage.store import EMBEDDED_URL, Store, open_store
 
 
@@ -60,17 +67,28 @@ def export_command(settings: Settings, sdkappid: int | None) -> int:
         written = asyncio.run(run())
     except ServiceError as exc:
         print(f"export stopped: {exc.info}", file=sys.stderr)
-        return 1
+        return Exit.COULD_NOT_RUN
     print(f"exported {written} groups", file=sys.stderr)
-    return 0
+    return Exit.DONE
 
 
 def _lines(path: str) -> Iterator[bytes]:
     if path == "-":
-        yield from sys.stdin.buffer
+        yield from bounded_lines(sys.stdin.buffer)
         return
     with open(path, "rb") as handle:
-        yield from handle
+        yield from bounded_lines(handle)
+
+
+def _readable(path: str) -> str | None:
+    """Why the input cannot be read, before anything runs; None when it can."""
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return f"--input {path}: {exc.strerror or exc}"
 
 
 async def import_into(
@@ -93,11 +111,15 @@ async def import_into(
 
 def _report(report: ImportReport, dry_run: bool) -> int:
     print(("dry run: " if dry_run else "imported: ") + report.summary(dry_run), file=sys.stderr)
-    return 1 if report.rejects or report.stopped else 0
+    return report.exit_code()
 
 
 def import_command(settings: Settings, path: str, on_conflict: OnConflict, dry_run: bool) -> int:
     store = _store(settings, "import")
+    unreadable = _readable(path)
+    if unreadable is not None:
+        print(f"import could not run: {unreadable}", file=sys.stderr)
+        return Exit.COULD_NOT_RUN
 
     async def run() -> ImportReport:
         try:
