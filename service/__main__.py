@@ -260,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         default="fail",
         help="when a different group is there (default fail)",
     )
-    move = sub.add_parser("migrate", help="pull an app's groups off a platform-compatible API")
+    move = sub.add_parser(
+        "migrate",
+        help="pull an app's groups off a platform-compatible API",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     move.add_argument(
         "--from", dest="source", required=True, help="the API's base URL, e.g. https://console.tim.qq.com"
     )
@@ -282,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         "--retries", type=int, default=8, help="retries of one call before stopping (default 8)"
     )
     move.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles)")
+    move.add_argument(
+        "--call-timeout",
+        type=float,
+        default=30.0,
+        help="seconds for one call, the whole reply included, however slowly it comes (default 30)",
+    )
     for command in (serve, usersig, curl, sub.choices["check-config"], export, load):
         command.add_argument("--config", required=True, help="TOML config file")
     args = parser.parse_args(args_in)
@@ -302,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 list_rate=args.list_rate,
                 retries=args.retries,
                 backoff=args.backoff,
+                call_timeout=args.call_timeout,
             )
         except ConfigError as exc:
             print(f"config error: {exc}", file=sys.stderr)

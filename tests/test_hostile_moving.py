@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,6 +25,7 @@ import service.moving.transfer
 from service.config import App, Settings, parse_config
 from service.errors import ErrorCode, ServiceError
 from service.moving.exits import MAX_LINE_BYTES, Exit
+from service.moving.migrate import LIST_LIMIT, MAX_REPLY_BYTES
 from service.moving.transfer import (
     SHOWN_REJECTS,
     GroupLine,
@@ -34,6 +37,8 @@ from service.moving.transfer import (
 from service.storage.store import Store
 from service.storage.transports.embedded import RedisPyTransport
 from tests.hostile_moving import (
+    MIGRATE_ATTACKS,
+    Lies,
     deep_line,
     duplicate_key_lines,
     empty_objects,
@@ -41,7 +46,11 @@ from tests.hostile_moving import (
     good_lines,
     group_line,
     invalid_utf8_line,
+    listing,
     long_line,
+    lying_source,
+    migrate_argv,
+    only_public,
 )
 from tests.support import CONFIG, REGISTERED_APP, REPO, RedisServer
 
@@ -259,3 +268,135 @@ def test_import_exit_codes_say_rejects_conflict_or_could_not_run(
     )
     assert b"exit codes:" in described.stdout
     assert f"a line over {MAX_LINE_BYTES} bytes".encode() in described.stdout
+
+
+# ---- migrate: a lying source ------------------------------------------------------------------
+
+
+def _run(base_url: str, out: Path, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        migrate_argv(base_url, out, "--retries", "0", *extra),
+        cwd=REPO,
+        env=environ(),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _migrate(lies: Lies, out: Path, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    with lying_source(lies) as base_url:
+        return _run(base_url, out, *extra, timeout=timeout)
+
+
+def _written(out: Path) -> dict[str, dict[str, int]]:
+    lines = [json.loads(raw) for raw in out.read_bytes().splitlines()]
+    return {line["GroupId"]: {c["Key"]: c["Value"] for c in line["GroupCounter"]} for line in lines}
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "moved.jsonl"
+
+
+def test_a_value_that_is_not_an_int64_integer_skips_its_group_never_coerced(out: Path) -> None:
+    lies = MIGRATE_ATTACKS["migrate-coerced-values"]()
+    extra = {
+        "nan": '[{"Key":"a","Value":NaN}]',
+        "same-key": '[{"Key":"a","Value":1},{"Key":"a","Value":2}]',
+        "value-twice": '[{"Key":"a","Value":1,"Value":2}]',
+    }
+    for group_id, items in extra.items():
+        lies.counters[group_id] = b'{"ErrorCode":0,"GroupCounter":' + items.encode() + b"}"
+    names = ["float", "text", "bool", "big", "int-key", *extra, "good"]
+    lies.pages["Public"] = [listing(names, total=len(names))]
+    result = _migrate(lies, out)
+    assert result.returncode == Exit.REJECTS, result.stderr.decode()
+    assert _written(out) == {"good": {"a": 5}}
+    stderr = result.stderr.decode()
+    for group_id in names[:-1]:
+        assert f"skipped GroupId {group_id!r}" in stderr
+    assert "8 skipped" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        ("migrate-alternating-next", "gave Next 1 a second time"),
+        ("migrate-endless-listing", "more than the source's TotalCount 3"),
+    ],
+)
+def test_a_walk_that_would_not_end_stops_with_a_clear_error(attack: str, reason: str, out: Path) -> None:
+    lies = MIGRATE_ATTACKS[attack]()
+    result = _migrate(lies, out, timeout=30)
+    assert result.returncode == Exit.COULD_NOT_RUN, result.stderr.decode()
+    assert reason in result.stderr.decode()
+    assert lies.served["Public"] <= 3
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        ("migrate-next-minus-one", "Expected `int` >= 0 - at `$.Next`"),
+        ("migrate-next-abc", "Expected `int`, got `str` - at `$.Next`"),
+        ("migrate-nan-body", "not JSON"),
+        ("migrate-array-body", "Expected `object`, got `array`"),
+    ],
+)
+def test_a_reply_not_in_the_contracts_shape_stops_the_walk_with_a_clear_error(
+    attack: str, reason: str, out: Path
+) -> None:
+    result = _migrate(MIGRATE_ATTACKS[attack](), out)
+    assert result.returncode == Exit.COULD_NOT_RUN, result.stderr.decode()
+    stderr = result.stderr.decode()
+    assert "migration stopped: get_appid_group_list (Public)" in stderr
+    assert reason in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_reply_that_drips_times_out_at_the_call_deadline(out: Path) -> None:
+    lies = MIGRATE_ATTACKS["migrate-drip"]()
+    lies.drip = 0.3  # a byte every 0.3 s: no read waits long, the whole reply takes 30 s
+    started = time.monotonic()
+    result = _migrate(lies, out, "--call-timeout", "1", timeout=20)
+    assert result.returncode == Exit.COULD_NOT_RUN, result.stderr.decode()
+    assert b"no whole reply within 1 s" in result.stderr
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    ("lies", "reason"),
+    [
+        (MIGRATE_ATTACKS["migrate-oversized-reply"](), "cap"),
+        (
+            only_public(
+                [listing([f"g{i}" for i in range(LIST_LIMIT + 1)], total=LIST_LIMIT + 1)], LIST_LIMIT + 1
+            ),
+            f"Expected `array` of length <= {LIST_LIMIT}",
+        ),
+    ],
+    ids=["bytes", "groups"],
+)
+def test_a_reply_over_the_caps_is_refused(lies: Lies, reason: str, out: Path) -> None:
+    result = _migrate(lies, out)
+    assert result.returncode == Exit.COULD_NOT_RUN, result.stderr.decode()
+    assert reason in result.stderr.decode()
+    if reason == "cap":
+        assert f"over the {MAX_REPLY_BYTES}" in result.stderr.decode()
+
+
+def test_a_group_id_with_a_newline_survives_the_spool_and_a_resume(out: Path) -> None:
+    expected = {"a\nb": {"a": 1}, "good": {"b": 2}}
+    with lying_source(MIGRATE_ATTACKS["migrate-newline-group-id"]()) as base_url:
+        first = _run(base_url, out)
+        assert first.returncode == Exit.DONE, first.stderr.decode()
+        assert _written(out) == expected
+
+        checkpoint_path = out.with_name(out.name + ".checkpoint")
+        checkpoint = json.loads(checkpoint_path.read_text())
+        checkpoint.update(step="counters", groups_done=0, out_bytes=0)  # as if killed before a fetch
+        checkpoint_path.write_text(json.dumps(checkpoint))
+        resumed = _run(base_url, out)
+        assert resumed.returncode == Exit.DONE, resumed.stderr.decode()
+        assert _written(out) == expected

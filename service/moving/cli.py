@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from service.config import ConfigError, Settings, load_config
 from service.errors import ServiceError
@@ -130,6 +131,17 @@ def import_command(settings: Settings, path: str, on_conflict: OnConflict, dry_r
     return _report(asyncio.run(run()), dry_run)
 
 
+def _source_url(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"--from {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--from {url!r} is not an http:// or https:// URL")
+    return url
+
+
 def migrate_command(
     source_url: str,
     sdkappid: int,
@@ -143,18 +155,21 @@ def migrate_command(
     list_rate: float,
     retries: int,
     backoff: float,
+    call_timeout: float = 30.0,
 ) -> int:
     secret_key = os.environ.get(secret_key_env, "")
     if not secret_key:
         raise ConfigError(f"--secret-key-env names {secret_key_env!r}, which is not set or empty")
     if rate <= 0 or list_rate <= 0:
         raise ConfigError("--rate and --list-rate must be above 0")
+    if call_timeout <= 0:
+        raise ConfigError("--call-timeout must be above 0")
     target = load_config(to_config) if to_config is not None else None
     if target is not None and sdkappid not in target.apps:
         raise ConfigError(f"{to_config}: sdkappid {sdkappid} is not in the config")
     out_path = Path(out or f"migrate-{sdkappid}.jsonl")
     source = Source(
-        source_url,
+        _source_url(source_url),
         sdkappid,
         identifier,
         secret_key,
@@ -162,6 +177,7 @@ def migrate_command(
         list_rate=list_rate,
         retries=retries,
         backoff=backoff,
+        timeout=call_timeout,
         log=sys.stderr,
     )
     progress = Progress("groups fetched", sys.stderr)
@@ -169,17 +185,18 @@ def migrate_command(
         checkpoint = asyncio.run(migrate(source, out_path, progress))
     except MigrationError as exc:
         print(f"migration stopped: {exc}\nrerun the same command to resume", file=sys.stderr)
-        return 1
+        return Exit.COULD_NOT_RUN
     except KeyboardInterrupt:
         # Everything up to the last checkpoint is on disk; what came after is redone.
         print("\nmigration interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     finally:
         progress.close()
-    lines = checkpoint.groups_done - checkpoint.vanished
+    lines = checkpoint.groups_done - checkpoint.vanished - checkpoint.skipped
     print(
         f"migrated: {checkpoint.listed} groups listed, {lines} written to {out_path} "
-        f"({checkpoint.vanished} destroyed meanwhile), {source.retried} calls retried",
+        f"({checkpoint.vanished} destroyed meanwhile, {checkpoint.skipped} skipped: their replies "
+        f"were not the contract's), {source.retried} calls retried",
         file=sys.stderr,
     )
     if checkpoint.total_count is not None and checkpoint.listed < checkpoint.total_count:
@@ -188,8 +205,9 @@ def migrate_command(
             "by type: groups of types it does not filter by, or created meanwhile, are not included",
             file=sys.stderr,
         )
+    skipped = Exit.REJECTS if checkpoint.skipped else Exit.DONE
     if target is None:
-        return 0
+        return skipped
     store = _store(target, "import")
 
     async def run() -> ImportReport:
@@ -198,4 +216,4 @@ def migrate_command(
         finally:
             await store.close()
 
-    return _report(asyncio.run(run()), dry_run=False)
+    return _report(asyncio.run(run()), dry_run=False) or skipped

@@ -61,9 +61,9 @@ def _check_duplicates(raw: bytes) -> None:
         raise Malformed("not JSON", str(exc)[:200]) from None
 
 
-def decode(raw: bytes, decoder: msgspec.json.Decoder[T], *, duplicates: bool = False) -> T:
+def decode(raw: bytes, decoder: msgspec.json.Decoder[T], *, allow_duplicate_keys: bool = False) -> T:
     """`raw` as the decoder's type, strictly (no coercion: 1.9, "12" and true are not
-    integers), and with no key twice in an object unless `duplicates`; Malformed otherwise."""
+    integers), and with no key twice in an object (unless allowed); Malformed otherwise."""
     try:
         value = decoder.decode(raw)
     except UnicodeDecodeError as exc:
@@ -75,6 +75,6 @@ def decode(raw: bytes, decoder: msgspec.json.Decoder[T], *, duplicates: bool = F
         raise Malformed("wrong shape", str(exc)[:200]) from None
     except msgspec.DecodeError as exc:
         raise Malformed("not JSON", str(exc)[:200]) from None
-    if not duplicates:
+    if not allow_duplicate_keys:
         _check_duplicates(raw)
     return value
