@@ -175,15 +175,18 @@ def test_an_echoed_value_is_cut_to_a_line(memory: Memory, settings: Settings) ->
 # ---- import: --on-conflict fail ---------------------------------------------------------------
 
 
-def test_on_conflict_fail_writes_nothing_after_the_conflict(memory: Memory, settings: Settings) -> None:
+@pytest.mark.parametrize("before", [10, 100])  # in the first batch, and in a later one
+def test_on_conflict_fail_writes_nothing_after_the_conflict(
+    memory: Memory, settings: Settings, before: int
+) -> None:
     run_import(memory, settings, group_line("taken", {"a": 1}))
-    data = good_lines(10, "before") + group_line("taken", {"a": 2}) + good_lines(100, "after")
+    data = good_lines(before, "before") + group_line("taken", {"a": 2}) + good_lines(200, "after")
     report, _ = run_import(memory, settings, data)
-    assert (report.created, report.conflicts) == (10, 1)
+    assert (report.created, report.conflicts) == (before, 1)
     assert report.stopped is not None
-    assert report.stopped.startswith("line 11: GroupId 'taken' differs")
+    assert report.stopped.startswith(f"line {before + 1}: GroupId 'taken' differs")
     assert "nothing after it was written" in report.stopped
-    assert memory.group_ids() == good_ids(10, "before") | {"taken"}
+    assert memory.group_ids() == good_ids(before, "before") | {"taken"}
     assert report.exit_code() == Exit.CONFLICT
 
 
@@ -205,7 +208,7 @@ def test_a_conflict_that_appears_between_check_and_write_names_what_was_written_
     report, _ = run_import(memory, settings, good_lines(6))
     assert report.stopped is not None
     assert report.stopped.startswith("line 4: GroupId 'good-3' differs")
-    assert report.stopped.endswith("lines written after it in the same batch are: 5, 6")
+    assert report.stopped.endswith("lines written after it in its batch are: 5, 6")
 
 
 def test_a_store_failure_stops_the_import_as_could_not_run(

@@ -36,6 +36,8 @@ class _Duplicate(Exception):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len(dict(pairs)) == len(pairs):  # in C: the usual case costs no Python loop
+        return
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:

@@ -43,6 +43,9 @@ from service.wire import INT64_MAX, INT64_MIN, GroupType
 OnConflict = Literal["skip", "overwrite", "fail"]
 # Scripts in flight at once: enough to fill a pipelined connection's writes.
 WINDOW: Final = 64
+# --on-conflict fail's batch: checked whole, then written up to its first conflict, while
+# the next batch is checked: at most WINDOW scripts in flight, as in the other modes.
+FAIL_BATCH: Final = WINDOW // 2
 # GroupIds sorted in memory at once before spilling a sorted run to a temp file.
 SORT_RUN: Final = 100_000
 
@@ -382,30 +385,41 @@ class _Importer:
             await asyncio.gather(*in_flight)
 
     async def in_order(self, checked: Iterator[_Checked]) -> None:
-        """fail: batches of WINDOW groups, each checked (a dry run) before any of it is
+        """fail: batches of FAIL_BATCH groups, each checked (a dry run) before any of it is
         written, and written only up to its first conflict: nothing after a conflict is
-        written. A group that appears between the check and the write (another writer)
-        is still a conflict, not overwritten; the report then names the lines of the
-        batch written after it."""
-        batch: list[_Checked] = []
-        for item in checked:
-            batch.append(item)
-            if len(batch) == WINDOW:
-                if not await self.batch(batch):
-                    return
-                batch = []
-        if batch:
-            await self.batch(batch)
+        written. The next batch's check runs while this one is written (checks write
+        nothing). A group that changed between its check and its write (another writer,
+        or an earlier line with the same GroupId) is still a conflict, not overwritten;
+        the report then names the lines of the batch written after it."""
+        batches = _batches(checked, FAIL_BATCH)
+        current = next(batches, None)
+        if current is None:
+            return
+        checks = await self.check(current)
+        for following in batches:
+            checking = asyncio.ensure_future(self.check(following))
+            try:
+                go_on = await self.settle(current, checks)
+            finally:
+                following_checks = await checking  # never left running
+            if not go_on:
+                return
+            current, checks = following, following_checks
+        await self.settle(current, checks)
 
-    async def batch(self, batch: list[_Checked]) -> bool:
-        """Whether the import goes on after this batch."""
-        checks = await asyncio.gather(*(self.attempt(item, dry_run=True) for item in batch))
+    async def check(self, batch: list[_Checked]) -> list[str | None]:
+        return list(await asyncio.gather(*(self.attempt(item, dry_run=True) for item in batch)))
+
+    async def settle(self, batch: list[_Checked], checks: list[str | None]) -> bool:
+        """Write the batch up to its first conflict; whether the import goes on."""
         if self.report.failed is not None:
             return False
         first = next((i for i, outcome in enumerate(checks) if outcome == "conflict"), len(batch))
-        to_write = batch[:first]
+        # A line the store refused at its check is rejected already: not tried again.
+        to_write = [item for item, outcome in zip(batch[:first], checks, strict=False) if outcome is not None]
+        outcomes: list[str | None]
         if self.dry_run:
-            outcomes = checks[:first]
+            outcomes = [outcome for outcome in checks[:first] if outcome is not None]
         else:
             outcomes = list(await asyncio.gather(*(self.attempt(item, dry_run=False) for item in to_write)))
         raced = next((i for i, outcome in enumerate(outcomes) if outcome == "conflict"), None)
@@ -429,8 +443,8 @@ class _Importer:
         if written_after:
             lines = ", ".join(str(number) for number in written_after)
             text += (
-                f"; it appeared after the check (another writer), and lines written after it "
-                f"in the same batch are: {lines}"
+                f"; it changed between its check and its write (another writer, or an earlier "
+                f"line with the same GroupId), and lines written after it in its batch are: {lines}"
             )
         else:
             text += "; nothing after it was written"
@@ -457,6 +471,17 @@ async def import_lines(
     else:
         await importer.windowed(checked)
     return importer.report
+
+
+def _batches(items: Iterator[_Checked], size: int) -> Iterator[list[_Checked]]:
+    batch: list[_Checked] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def bounded_lines(stream: IO[bytes]) -> Iterator[bytes]:
