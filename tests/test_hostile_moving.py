@@ -403,3 +403,21 @@ def test_a_group_id_with_a_newline_survives_the_spool_and_a_resume(out: Path) ->
         resumed = _run(base_url, out)
         assert resumed.returncode == Exit.DONE, resumed.stderr.decode()
         assert _written(out) == expected
+
+
+def test_migrate_goes_through_the_proxy_the_environment_names(out: Path) -> None:
+    # The lying source answers as a plain HTTP proxy would: the request target is the
+    # whole URL, of a host that does not resolve.
+    lies = MIGRATE_ATTACKS["migrate-newline-group-id"]()
+    with lying_source(lies) as proxy:
+        env = {**environ(), "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+        result = subprocess.run(
+            migrate_argv("http://platform.invalid", out, "--retries", "0"),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == Exit.DONE, result.stderr.decode()
+    assert _written(out) == {"a\nb": {"a": 1}, "good": {"b": 2}}

@@ -27,6 +27,7 @@ reported and skipped, never guessed at.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import json
@@ -35,13 +36,14 @@ import random
 import socket
 import ssl
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, cast, get_args
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import msgspec
 
@@ -243,16 +245,36 @@ class _Post:
         self.sock: socket.socket | None = None
         self.aborted = False
 
-    def run(self) -> bytes:
+    def _connection(self) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        """The connection, the request target and the headers: through the proxy the
+        environment names (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as urllib would."""
         url = self.url
         host, port = url.hostname or "", url.port
-        if url.scheme == "https":
-            context = ssl.create_default_context()
-            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=context
-            )
-        else:
-            connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        target, headers = f"{url.path}?{url.query}", {"Content-Type": "application/json"}
+        proxy = urllib.request.getproxies().get(url.scheme)
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else None
+        if via is not None and urllib.request.proxy_bypass(host):
+            via = None
+        auth: dict[str, str] = {}
+        if via is not None and via.username is not None:
+            credentials = f"{unquote(via.username)}:{unquote(via.password or '')}".encode()
+            auth["Proxy-Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
+        connect_host, connect_port = (via.hostname or "", via.port) if via is not None else (host, port)
+        if url.scheme != "https":
+            connection = http.client.HTTPConnection(connect_host, connect_port, timeout=self.timeout)
+            if via is not None:  # a plain proxy takes the whole URL
+                return connection, url.geturl(), {**headers, **auth}
+            return connection, target, headers
+        context = ssl.create_default_context()
+        secure = http.client.HTTPSConnection(
+            connect_host, connect_port, timeout=self.timeout, context=context
+        )
+        if via is not None:
+            secure.set_tunnel(host, port, headers=auth)
+        return secure, target, headers
+
+    def run(self) -> bytes:
+        connection, target, headers = self._connection()
         response: http.client.HTTPResponse | None = None
         try:
             connection.connect()
@@ -261,8 +283,7 @@ class _Post:
             self.sock = connection.sock
             if self.aborted:  # `abort` ran before the socket existed
                 raise TimeoutError("deadline passed")
-            target = f"{url.path}?{url.query}"
-            connection.request("POST", target, body=self.body, headers={"Content-Type": "application/json"})
+            connection.request("POST", target, body=self.body, headers=headers)
             response = connection.getresponse()
             if response.status != 200:
                 raise http.client.HTTPException(f"HTTP {response.status} {shown(response.reason)}")
