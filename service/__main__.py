@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from service.api.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
+from service.moving.exits import EXIT_CODES_HELP, MAX_LINE_BYTES
 from service.ops.build import describe
 from service.ops.lifecycle import exit_zero_after_graceful_shutdown
 from service.ops.logs import setup_logging
@@ -414,7 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     export = sub.add_parser("export", help="every group as JSON Lines on stdout")
     export.add_argument("--sdkappid", type=int, help="one app only (default: every app of the config)")
-    load = sub.add_parser("import", help="create groups and set their counters from JSON Lines")
+    load = sub.add_parser(
+        "import",
+        help="create groups and set their counters from JSON Lines",
+        epilog=f"a line over {MAX_LINE_BYTES} bytes is rejected unread\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     load.add_argument("--input", default="-", help="the JSON Lines file (default: stdin)")
     load.add_argument("--dry-run", action="store_true", help="check every line and report; write nothing")
     conflicts = ("skip", "overwrite", "fail")
@@ -424,7 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         default="fail",
         help="when a different group is there (default fail)",
     )
-    move = sub.add_parser("migrate", help="pull an app's groups off a platform-compatible API")
+    move = sub.add_parser(
+        "migrate",
+        help="pull an app's groups off a platform-compatible API",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     move.add_argument(
         "--from", dest="source", required=True, help="the API's base URL, e.g. https://console.tim.qq.com"
     )
@@ -446,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         "--retries", type=int, default=8, help="retries of one call before stopping (default 8)"
     )
     move.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles)")
+    move.add_argument(
+        "--call-timeout",
+        type=float,
+        default=30.0,
+        help="seconds for one call, the whole reply included, however slowly it comes (default 30)",
+    )
     upgrade = sub.add_parser(
         "upgrade", help="bring the data in Redis to this release's storage format (UPGRADING.md)"
     )
@@ -474,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 list_rate=args.list_rate,
                 retries=args.retries,
                 backoff=args.backoff,
+                call_timeout=args.call_timeout,
             )
         except ConfigError as exc:
             print(f"config error: {exc}", file=sys.stderr)

@@ -218,6 +218,6 @@ def test_a_source_that_keeps_failing_stops_with_a_checkpoint_to_resume(tmp_path:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert b"rerun the same command to resume" in result.stderr
     assert b"Traceback" not in result.stderr

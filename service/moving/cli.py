@@ -1,8 +1,7 @@
 """The command lines that move counters: export, import, migrate (README, "Moving counters").
 
-Exit codes: 0 done; 1 done, but some lines were rejected, or a conflict stopped an
-import (--on-conflict fail), or a migration stopped (rerun it to resume); 2 the
-config or the arguments are wrong, nothing was done.
+Exit codes: `exits.Exit` (0 done; 1 some lines or groups rejected; 2 could not run, or
+not to the end; 3 a conflict stopped an import; 130 interrupted).
 """
 
 from __future__ import annotations
@@ -13,11 +12,20 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from service.config import ConfigError, Settings, load_config
 from service.errors import ServiceError
+from service.moving.exits import Exit
 from service.moving.migrate import MigrationError, Source, migrate
-from service.moving.transfer import ImportReport, OnConflict, Progress, export_app, import_lines
+from service.moving.transfer import (
+    ImportReport,
+    OnConflict,
+    Progress,
+    bounded_lines,
+    export_app,
+    import_lines,
+)
 from service.storage.store import EMBEDDED_URL, Store, open_store
 
 
@@ -60,17 +68,28 @@ def export_command(settings: Settings, sdkappid: int | None) -> int:
         written = asyncio.run(run())
     except ServiceError as exc:
         print(f"export stopped: {exc.info}", file=sys.stderr)
-        return 1
+        return Exit.COULD_NOT_RUN
     print(f"exported {written} groups", file=sys.stderr)
-    return 0
+    return Exit.DONE
 
 
 def _lines(path: str) -> Iterator[bytes]:
     if path == "-":
-        yield from sys.stdin.buffer
+        yield from bounded_lines(sys.stdin.buffer)
         return
     with open(path, "rb") as handle:
-        yield from handle
+        yield from bounded_lines(handle)
+
+
+def _readable(path: str) -> str | None:
+    """Why the input cannot be read, before anything runs; None when it can."""
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return f"--input {path}: {exc.strerror or exc}"
 
 
 async def import_into(
@@ -93,11 +112,15 @@ async def import_into(
 
 def _report(report: ImportReport, dry_run: bool) -> int:
     print(("dry run: " if dry_run else "imported: ") + report.summary(dry_run), file=sys.stderr)
-    return 1 if report.rejects or report.stopped else 0
+    return report.exit_code()
 
 
 def import_command(settings: Settings, path: str, on_conflict: OnConflict, dry_run: bool) -> int:
     store = _store(settings, "import")
+    unreadable = _readable(path)
+    if unreadable is not None:
+        print(f"import could not run: {unreadable}", file=sys.stderr)
+        return Exit.COULD_NOT_RUN
 
     async def run() -> ImportReport:
         try:
@@ -106,6 +129,17 @@ def import_command(settings: Settings, path: str, on_conflict: OnConflict, dry_r
             await store.close()
 
     return _report(asyncio.run(run()), dry_run)
+
+
+def _source_url(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"--from {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--from {url!r} is not an http:// or https:// URL")
+    return url
 
 
 def migrate_command(
@@ -121,18 +155,21 @@ def migrate_command(
     list_rate: float,
     retries: int,
     backoff: float,
+    call_timeout: float = 30.0,
 ) -> int:
     secret_key = os.environ.get(secret_key_env, "")
     if not secret_key:
         raise ConfigError(f"--secret-key-env names {secret_key_env!r}, which is not set or empty")
     if rate <= 0 or list_rate <= 0:
         raise ConfigError("--rate and --list-rate must be above 0")
+    if call_timeout <= 0:
+        raise ConfigError("--call-timeout must be above 0")
     target = load_config(to_config) if to_config is not None else None
     if target is not None and sdkappid not in target.apps:
         raise ConfigError(f"{to_config}: sdkappid {sdkappid} is not in the config")
     out_path = Path(out or f"migrate-{sdkappid}.jsonl")
     source = Source(
-        source_url,
+        _source_url(source_url),
         sdkappid,
         identifier,
         secret_key,
@@ -140,6 +177,7 @@ def migrate_command(
         list_rate=list_rate,
         retries=retries,
         backoff=backoff,
+        timeout=call_timeout,
         log=sys.stderr,
     )
     progress = Progress("groups fetched", sys.stderr)
@@ -147,17 +185,18 @@ def migrate_command(
         checkpoint = asyncio.run(migrate(source, out_path, progress))
     except MigrationError as exc:
         print(f"migration stopped: {exc}\nrerun the same command to resume", file=sys.stderr)
-        return 1
+        return Exit.COULD_NOT_RUN
     except KeyboardInterrupt:
         # Everything up to the last checkpoint is on disk; what came after is redone.
         print("\nmigration interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     finally:
         progress.close()
-    lines = checkpoint.groups_done - checkpoint.vanished
+    lines = checkpoint.groups_done - checkpoint.vanished - checkpoint.skipped
     print(
         f"migrated: {checkpoint.listed} groups listed, {lines} written to {out_path} "
-        f"({checkpoint.vanished} destroyed meanwhile), {source.retried} calls retried",
+        f"({checkpoint.vanished} destroyed meanwhile, {checkpoint.skipped} skipped: their replies "
+        f"were not the contract's), {source.retried} calls retried",
         file=sys.stderr,
     )
     if checkpoint.total_count is not None and checkpoint.listed < checkpoint.total_count:
@@ -166,8 +205,9 @@ def migrate_command(
             "by type: groups of types it does not filter by, or created meanwhile, are not included",
             file=sys.stderr,
         )
+    skipped = Exit.REJECTS if checkpoint.skipped else Exit.DONE
     if target is None:
-        return 0
+        return skipped
     store = _store(target, "import")
 
     async def run() -> ImportReport:
@@ -176,4 +216,4 @@ def migrate_command(
         finally:
             await store.close()
 
-    return _report(asyncio.run(run()), dry_run=False)
+    return _report(asyncio.run(run()), dry_run=False) or skipped
