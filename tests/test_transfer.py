@@ -25,6 +25,8 @@ from service.app import create_app
 from service.config import Settings, parse_config
 from service.moving.cli import export_apps
 from service.moving.transfer import ImportReport, OnConflict, import_lines
+from service.storage.format import CURRENT_FORMAT
+from service.storage.keys import FORMAT_KEY
 from service.storage.scripts import IMPORT_GROUP, ScriptCall, ScriptReply
 from service.storage.store import Store, open_store
 from service.storage.transports.embedded import RedisPyTransport
@@ -304,6 +306,9 @@ def test_the_export_and_import_commands_round_trip_through_a_file(
 ) -> None:
     backend = _backend("redis", request)
     populate(backend, settings)
+    # As a served Redis is: `python -m service` marks the storage format at its first start
+    # (the in-process app that populated it is no process of its own and marks nothing).
+    redis.Redis.from_url(redis_server.url).set(FORMAT_KEY, CURRENT_FORMAT)
     config = tmp_path / "config.toml"
     config.write_text(CONFIG.replace('redis_url = "memory://"', f'redis_url = "{redis_server.url}"'))
 

@@ -378,3 +378,16 @@ def test_upgrade_reports_conflicts_with_exit_code_1(topology: Topology, tmp_path
     assert result.returncode == 1, result
     assert "CONFLICT" in result.stdout
     assert "marker was not written" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["import", "export"])
+def test_import_and_export_refuse_data_of_another_format(
+    topology: Topology, tmp_path: Path, command: str
+) -> None:
+    seed_release_010(topology)
+    lines = tmp_path / "groups.jsonl"
+    lines.write_text("")
+    args = ["--input", str(lines)] if command == "import" else []
+    result = _cli(command, "--config", str(_config(tmp_path, topology.url)), *args)
+    assert result.returncode == 2, result
+    assert "python -m service upgrade" in result.stderr

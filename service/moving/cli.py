@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from service.config import ConfigError, Settings, load_config
@@ -26,6 +26,7 @@ from service.moving.transfer import (
     export_app,
     import_lines,
 )
+from service.storage.format import StorageFormatError, check_format
 from service.storage.store import EMBEDDED_URL, Store, open_store
 
 
@@ -60,6 +61,7 @@ def export_command(settings: Settings, sdkappid: int | None) -> int:
 
     async def run() -> int:
         try:
+            await check_format(store)
             return await export_apps(store, sdkappids, sys.stdout.buffer, sys.stderr)
         finally:
             await store.close()
@@ -68,6 +70,9 @@ def export_command(settings: Settings, sdkappid: int | None) -> int:
         written = asyncio.run(run())
     except ServiceError as exc:
         print(f"export stopped: {exc.info}", file=sys.stderr)
+        return Exit.COULD_NOT_RUN
+    except StorageFormatError as exc:
+        print(f"export could not run: {exc}", file=sys.stderr)
         return Exit.COULD_NOT_RUN
     print(f"exported {written} groups", file=sys.stderr)
     return Exit.DONE
@@ -95,6 +100,8 @@ def _readable(path: str) -> str | None:
 async def import_into(
     store: Store, settings: Settings, lines: Iterator[bytes], on_conflict: OnConflict, dry_run: bool
 ) -> ImportReport:
+    # Groups written in this release's format into data of another would be half of each.
+    await check_format(store)
     progress = Progress("groups imported", sys.stderr)
     try:
         return await import_lines(
@@ -128,7 +135,19 @@ def import_command(settings: Settings, path: str, on_conflict: OnConflict, dry_r
         finally:
             await store.close()
 
-    return _report(asyncio.run(run()), dry_run)
+    return _run_import(run, dry_run)
+
+
+def _run_import(run: Callable[[], Coroutine[Any, Any, ImportReport]], dry_run: bool) -> int:
+    try:
+        report = asyncio.run(run())
+    except StorageFormatError as exc:
+        print(f"import could not run: {exc}", file=sys.stderr)
+        return Exit.COULD_NOT_RUN
+    except ServiceError as exc:
+        print(f"import could not run: {exc.info}", file=sys.stderr)
+        return Exit.COULD_NOT_RUN
+    return _report(report, dry_run)
 
 
 def _source_url(url: str) -> str:
@@ -216,4 +235,4 @@ def migrate_command(
         finally:
             await store.close()
 
-    return _report(asyncio.run(run()), dry_run=False) or skipped
+    return _run_import(run, dry_run=False) or skipped
