@@ -292,8 +292,8 @@ async def get_appid_group_list(call: Call, request: GetAppidGroupList) -> bytes:
     ids, next_value = await list_page(
         call.store,
         app.sdkappid,
-        limit=request.limit,
-        next_value=request.next,
+        limit=request.page_limit,
+        next_value=request.next_value,
         wanted_type=request.group_type,
         implicit=app.implicit_groups,
     )
