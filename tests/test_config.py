@@ -258,3 +258,23 @@ def test_a_bad_previous_secret_key_is_a_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(config_with(app(extra=extra)), environ=environ)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "list_walk_seconds = 0",
+        "list_walk_seconds = 61",
+        "list_walk_scans = 0",
+        "list_walks_in_flight = 0",
+        'list_walk_scans = "10"',
+    ],
+)
+def test_a_listing_bound_out_of_its_range_is_a_config_error_naming_it(line: str) -> None:
+    with pytest.raises(ConfigError, match=line.split(" ")[0]):
+        parse_config(config_with(app(), top=line), environ={})
+
+
+def test_the_listing_bounds_have_their_documented_defaults() -> None:
+    config = parse_config(config_with(app()), environ={}).config
+    assert (config.list_walk_seconds, config.list_walk_scans, config.list_walks_in_flight) == (0.5, 1000, 1)
