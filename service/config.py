@@ -56,6 +56,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # /demo: a live counter page with a "like" button for end users (service/live/demo.py).
     # It embeds an end user's usersig: for a dev setup only.
     demo: bool = False
+    # Its page loads and group creations per second, across replicas, counted apart from
+    # the app's rate_limit: anyone who can reach the page can load it.
+    demo_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 5
     # The HTTP edge (service/http/protocol.py): what one client may cost a worker.
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16384
     max_url_bytes: Annotated[int, msgspec.Meta(ge=256)] = 8192

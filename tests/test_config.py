@@ -278,3 +278,13 @@ def test_a_listing_bound_out_of_its_range_is_a_config_error_naming_it(line: str)
 def test_the_listing_bounds_have_their_documented_defaults() -> None:
     config = parse_config(config_with(app()), environ={}).config
     assert (config.list_walk_seconds, config.list_walk_scans, config.list_walks_in_flight) == (0.5, 1000, 1)
+
+
+@pytest.mark.parametrize("line", ["demo_rate_limit = 0", 'demo_rate_limit = "5"'])
+def test_a_demo_rate_limit_below_1_is_a_config_error_naming_it(line: str) -> None:
+    with pytest.raises(ConfigError, match="demo_rate_limit"):
+        parse_config(config_with(app(), top=line), environ={})
+
+
+def test_the_demo_rate_limit_defaults_to_5_loads_a_second() -> None:
+    assert parse_config(config_with(app()), environ={}).config.demo_rate_limit == 5
