@@ -6,9 +6,14 @@ resumes, a cap on walks of an app in flight, and no walking once the client has 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
+import httpx2
 import msgspec
 import pytest
 from starlette.testclient import TestClient
@@ -19,11 +24,22 @@ from service.api.listing import MIN_SCAN_COUNT, Budget, ListingBounds, list_page
 from service.app import COMMAND_PREFIX, create_app
 from service.config import Settings, parse_config
 from service.storage.store import Store, open_store
-from tests.support import CONFIG, REGISTERED_APP, Api, RedisServer, assert_ok, query
+from tests.support import (
+    CONFIG,
+    OTHER_APP,
+    REGISTERED_APP,
+    Api,
+    RedisServer,
+    ServiceProcess,
+    assert_ok,
+    group_key,
+    query,
+)
 
 LIST: Final = "get_appid_group_list"
 FOREIGN_KEYS: Final = 200_000
 COMMUNITY: Final = [f"@TGS#_c{i:02d}" for i in range(10)]
+OTHER_GROUPS: Final = 20_000
 GROUPS: Final = sorted([f"g{i:03d}" for i in range(140)] + COMMUNITY)
 
 
@@ -33,6 +49,11 @@ def crowded() -> Iterator[RedisServer]:
     server = RedisServer().start()
     client = server.client()
     client.execute_command("DEBUG", "POPULATE", FOREIGN_KEYS, "other")  # type: ignore[no-untyped-call]
+    # Another app's many Public groups: listing its Work groups reads every one's type.
+    filler = client.pipeline(transaction=False)
+    for i in range(OTHER_GROUPS):
+        filler.hset(group_key(OTHER_APP, f"p{i}"), b"\xff", "Public")
+    filler.execute()
     settings = _settings()
     store = open_store(server.url, timeout=5.0)
     with TestClient(create_app(settings, store)) as http:
@@ -235,3 +256,45 @@ def test_walks_of_an_app_in_flight_are_capped_and_the_one_over_answers_60007(
     replies = [msgspec.json.decode(sent[1]["body"]) for sent in asyncio.run(scenario())]
     assert [reply["ErrorCode"] for reply in replies] == [60007, 0, 0]
     assert "in progress" in replies[0]["ErrorInfo"]
+
+
+def _scans(client: Any) -> int:
+    calls: int = client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+    return calls
+
+
+def _ready(service: ServiceProcess) -> bool:
+    try:
+        return httpx2.get(f"{service.base_url}/readyz", timeout=1).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
+def test_a_served_walk_stops_when_its_client_closes_the_connection(
+    crowded: RedisServer, tmp_path: Path
+) -> None:
+    """Through uvicorn and the HTTP edge: a closed connection reaches the walk."""
+    config = tmp_path / "config.toml"
+    top = "list_walk_seconds = 60\nlist_walk_scans = 1000000000\n"
+    config.write_text(top + CONFIG.replace('"memory://"', f'"{crowded.url}"'), encoding="utf-8")
+    service = ServiceProcess.start(config, log=tmp_path / "service.log")
+    client = crowded.client()
+    try:
+        service.wait_until(lambda: _ready(service))
+        body = json.dumps({"Limit": 1, "GroupType": "Work"}).encode()
+        head = f"POST {COMMAND_PREFIX}{LIST}?{query(OTHER_APP)} HTTP/1.1\r\nHost: t\r\n"
+        before = _scans(client)
+        with socket.create_connection(("127.0.0.1", service.port)) as connection:
+            connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            service.wait_until(lambda: _scans(client) > before)  # the walk has begun
+        left = _scans(client)
+        time.sleep(1.0)  # the walk notices before its next SCAN
+        stopped = _scans(client)
+        time.sleep(2.0)
+        assert _scans(client) == stopped  # nothing walks any more
+        # It had far to go: a whole walk is a SCAN per 1000 keys, reading 20,000 types.
+        assert stopped - before < (FOREIGN_KEYS + OTHER_GROUPS) // MIN_SCAN_COUNT
+        assert stopped - left <= 2
+    finally:
+        client.close()
+        service.stop()
