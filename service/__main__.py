@@ -279,7 +279,8 @@ def _curl_example(args: argparse.Namespace, settings: Settings) -> int:
     base = f"http://{args.host}:{args.port}/v4/group_open_http_svc"
     query = f"sdkappid={app.sdkappid}&identifier={identifier}&usersig={usersig}&random=1&contenttype=json"
     if settings.config.demo:
-        print(f"Live demo (open it twice, press Like): http://{args.host}:{args.port}/demo")
+        demo = f"http://{args.host}:{args.port}/demo"
+        print(f"Live demo (press Create it once, then open it twice and press Like): {demo}")
     print("Ready-to-paste (the usersig is valid for 24 h):")
     # A group of their own: the demo page uses "demo" and the README's walkthrough
     # "walkthrough", so pasting these after either (or before) collides with neither.

@@ -163,7 +163,12 @@ def create_app(
             Route("/healthz", AnyMethod(healthz)),
             Route("/readyz", AnyMethod(readiness.check)),
             Route("/openapi.json", openapi_document),
-            *([Route("/demo", DemoPage(settings, store), methods=["GET"])] if settings.config.demo else []),
+            # GET shows a group's page; POST creates the group (registered mode).
+            *(
+                [Route("/demo", DemoPage(settings, store), methods=["GET", "POST"])]
+                if settings.config.demo
+                else []
+            ),
             *([] if metrics_address else [Route("/metrics", AnyMethod(metrics_endpoint))]),
         ],
         default=unknown_path,

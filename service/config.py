@@ -56,6 +56,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # /demo: a live counter page with a "like" button for end users (service/live/demo.py).
     # It embeds an end user's usersig: for a dev setup only.
     demo: bool = False
+    # Its page loads and group creations per second, across replicas, counted apart from
+    # the app's rate_limit: anyone who can reach the page can load it.
+    demo_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 5
     # The HTTP edge (service/http/protocol.py): what one client may cost a worker.
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16384
     max_url_bytes: Annotated[int, msgspec.Meta(ge=256)] = 8192
@@ -67,6 +70,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_pipelined: Annotated[int, msgspec.Meta(ge=1)] = 32
     # Watchers (watch_group_counter) and the notices every change publishes for them.
     live_counters: bool = True
+    # get_appid_group_list (service/api/listing.py): one call's walk of the keys stops at
+    # whichever comes first, with a partial page whose Next resumes; and a worker walks
+    # an app's keys at most this many times at once (60007 beyond).
+    list_walk_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    list_walk_scans: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    list_walks_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class App(msgspec.Struct, frozen=True):

@@ -3,7 +3,9 @@
 Each body decodes in one pass with a Decoder built once at import. Type and shape
 rules (required fields, JSON types, the int64 range of a Value) live here, in the
 decode; rules that need more than a type (byte lengths, duplicate keys, GroupId
-syntax) live in `validate.py`. Unknown fields are ignored, as the contract says.
+syntax) live in `validate.py`. Unknown fields are ignored, and `null` for an optional
+field reads as absent, as the contract says (§1): every optional field is `X | None`
+with the default None, its default applied where it is read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import msgspec
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+LIST_LIMIT_MAX: Final = 10_000
 
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 Mode = Literal["Set", "Increase", "Decrease"]
@@ -58,11 +61,21 @@ class DestroyGroup(msgspec.Struct, rename="pascal"):
 
 
 class GetAppidGroupList(msgspec.Struct, rename="pascal"):
-    # Limit 0 is refused rather than read as "the default": absent is the default.
-    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    # `null` reads as absent (docs/API.md §1), so the defaults are applied by the
+    # properties below rather than by the fields. Limit 0 is refused rather than read as
+    # "the default": absent (or null) is the default.
+    limit: Annotated[int, msgspec.Meta(ge=1, le=LIST_LIMIT_MAX)] | None = None
     # The Next of a previous reply (0: the first page); its meaning is ours (listing.py).
-    next: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    next: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] | None = None
     group_type: GroupType | None = None
+
+    @property
+    def page_limit(self) -> int:
+        return LIST_LIMIT_MAX if self.limit is None else self.limit
+
+    @property
+    def next_value(self) -> int:
+        return 0 if self.next is None else self.next
 
 
 # Replies ----------------------------------------------------------------------------

@@ -258,3 +258,33 @@ def test_a_bad_previous_secret_key_is_a_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(config_with(app(extra=extra)), environ=environ)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "list_walk_seconds = 0",
+        "list_walk_seconds = 61",
+        "list_walk_scans = 0",
+        "list_walks_in_flight = 0",
+        'list_walk_scans = "10"',
+    ],
+)
+def test_a_listing_bound_out_of_its_range_is_a_config_error_naming_it(line: str) -> None:
+    with pytest.raises(ConfigError, match=line.split(" ")[0]):
+        parse_config(config_with(app(), top=line), environ={})
+
+
+def test_the_listing_bounds_have_their_documented_defaults() -> None:
+    config = parse_config(config_with(app()), environ={}).config
+    assert (config.list_walk_seconds, config.list_walk_scans, config.list_walks_in_flight) == (0.5, 1000, 1)
+
+
+@pytest.mark.parametrize("line", ["demo_rate_limit = 0", 'demo_rate_limit = "5"'])
+def test_a_demo_rate_limit_below_1_is_a_config_error_naming_it(line: str) -> None:
+    with pytest.raises(ConfigError, match="demo_rate_limit"):
+        parse_config(config_with(app(), top=line), environ={})
+
+
+def test_the_demo_rate_limit_defaults_to_5_loads_a_second() -> None:
+    assert parse_config(config_with(app()), environ={}).config.demo_rate_limit == 5

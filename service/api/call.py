@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from service.api.listing import ListingBounds, Walks
 from service.api.rate_limit import RateLimit, count_end_user
 from service.config import App
 from service.errors import ErrorCode, ServiceError
@@ -9,9 +12,19 @@ from service.storage.scripts import ScriptCall, ScriptReply
 from service.storage.store import Store
 
 
+def _present() -> bool:
+    return False
+
+
 class Call:
     def __init__(
-        self, store: Store, app: App, idempotency_key: str | None = None, *, end_user: str | None = None
+        self,
+        store: Store,
+        app: App,
+        idempotency_key: str | None = None,
+        *,
+        end_user: str | None = None,
+        walks: Walks | None = None,
     ) -> None:
         self.store = store
         self.app = app
@@ -21,6 +34,10 @@ class Call:
         self.limit = RateLimit(store, app, end_user=end_user is not None)
         # ARGV[1] of every command script.
         self.registered = "0" if app.implicit_groups else "1"
+        # get_appid_group_list's walks in flight (the endpoint's, shared by its calls).
+        self.walks = walks if walks is not None else Walks(ListingBounds())
+        # Whether the client has left: the endpoint sets it for a command that walks.
+        self.client_left: Callable[[], bool] = _present
 
     def check_idempotency_key(self) -> None:
         """An Idempotency-Key header is 1 to 128 printable ASCII characters (10004)."""

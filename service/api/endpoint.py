@@ -9,17 +9,19 @@ that framework work is a large share of a call's cost. `_reply` is the one place
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service.api.access import Access, EndUser
 from service.api.call import Call
-from service.api.commands import COMMANDS, END_USER_COMMANDS
+from service.api.commands import COMMANDS, END_USER_COMMANDS, Command
+from service.api.listing import ListingBounds, WalkAbandoned, Walks
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
 from service.http.body import BodyTooLarge, ClientGone, decode_request, read_body
@@ -57,6 +59,28 @@ class RequestIds:
         return f"{self._prefix}-{next(self._counter):x}".encode()
 
 
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone: uvicorn's receive() after the body answers
+    `http.disconnect` once the connection is lost."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _run(command: Command[Any], call: Call, request: Any, receive: Receive) -> bytes:
+    """The command; one that walks (more than one script) learns when its client leaves
+    and stops there, instead of walking on for no one (issue 25)."""
+    if not command.walks:
+        return await command.run(call, request)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    call.client_left = gone.done
+    try:
+        return await command.run(call, request)
+    finally:
+        gone.cancel()
+
+
 def _idempotency_key(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"idempotency-key":
@@ -76,6 +100,14 @@ class CommandEndpoint:
         )
         self.max_body_bytes = settings.config.max_body_bytes
         self.request_ids = RequestIds()
+        config = settings.config
+        self.walks = Walks(
+            ListingBounds(
+                seconds=config.list_walk_seconds,
+                scans=config.list_walk_scans,
+                walks_per_app=config.list_walks_in_flight,
+            )
+        )
 
     async def _end_user_call(self, name: str, end_user: EndUser, scope: Scope) -> Call:
         """The checks an admin does not go through: the command is one an end user may
@@ -85,7 +117,9 @@ class CommandEndpoint:
             raise ServiceError(
                 ErrorCode.NOT_ADMIN, f"{name} needs an admin; end users may read and update counters"
             )
-        call = Call(self.store, end_user.app, _idempotency_key(scope), end_user=end_user.identifier)
+        call = Call(
+            self.store, end_user.app, _idempotency_key(scope), end_user=end_user.identifier, walks=self.walks
+        )
         await call.count_end_user(writes=writes)
         return call
 
@@ -107,7 +141,7 @@ class CommandEndpoint:
             if isinstance(principal, EndUser):
                 call = await self._end_user_call(name, principal, scope)
             else:
-                call = Call(self.store, principal, _idempotency_key(scope))
+                call = Call(self.store, principal, _idempotency_key(scope), walks=self.walks)
                 if call.limit.before_body:  # its window is in another slot: counted on its own, first
                     await call.limit.count_alone()
             sdkappid = call.app.sdkappid
@@ -115,7 +149,7 @@ class CommandEndpoint:
                 request = decode_request(command.decode, await read_body(scope, receive, self.max_body_bytes))
                 group_id = getattr(request, "group_id", None)
                 call.check_idempotency_key()
-                payload = await command.run(call, request)
+                payload = await _run(command, call, request, receive)
             except ServiceError:
                 # The limit is checked before the body: a call refused before its script
                 # ran still counts, and over the limit it answers 60007 instead.
@@ -129,6 +163,9 @@ class CommandEndpoint:
             payload = encode_error(code, str(exc))
         except ClientGone:
             log.debug("the client left before sending its whole body (%s)", name)
+            return
+        except WalkAbandoned:
+            log.debug("the client left during the walk (%s)", name)
             return
         except Exception:
             code = ErrorCode.INTERNAL

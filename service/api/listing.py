@@ -9,13 +9,25 @@ A page's `Next` names where the walk resumes: which master (the low bits) and th
 master's SCAN cursor (the rest). SCAN's guarantee carries over: a group that exists
 for the whole walk is listed; one created or destroyed meanwhile may or may not be,
 and one may be listed twice while Redis resizes its table (docs/API.md §2).
+
+What one call may cost (issue 25): SCAN's work is its COUNT of keys visited, whatever
+they hold, so a walk with a COUNT as small as `Limit` over a Redis of other apps' keys
+took hundreds of thousands of round trips. A page's walk starts at `MIN_SCAN_COUNT` and
+goes smaller only where the app's groups are dense enough to overfill the page; it
+stops at its `Budget` (seconds and SCANs) with a partial page whose `Next` resumes; a
+worker runs at most `walks_per_app` walks of an app at once (`Walks`); and a walk stops
+when its client has left.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Final
+
+import msgspec
 
 from service.api.validate import COMMUNITY_PREFIX
 from service.errors import ErrorCode, ServiceError
@@ -26,9 +38,77 @@ from service.storage.store import Store
 
 _MASTER_BITS: Final = 10
 _MASTER_MASK: Final = (1 << _MASTER_BITS) - 1
-# SCAN's COUNT for a walk that keeps everything it finds (counting, export).
+# SCAN's COUNT for a walk that keeps everything it finds (counting, export), and the
+# COUNT a page's walk starts from whatever `Limit` says.
 _WALK_COUNT: Final = 1000
+MIN_SCAN_COUNT: Final = _WALK_COUNT
 _TYPES_IN_FLIGHT: Final = 32
+
+
+class WalkAbandoned(Exception):
+    """The client left during the walk: there is no one to answer."""
+
+
+class ListingBounds(msgspec.Struct, frozen=True):
+    """What one get_appid_group_list call may cost (the config's `list_*` keys)."""
+
+    seconds: float = 0.5
+    scans: int = 1000
+    walks_per_app: int = 1
+
+
+def _never() -> bool:
+    return False
+
+
+class Budget:
+    """One call's allowance: a deadline and a number of SCANs for its page, and whether
+    its client is still there (checked before every SCAN, the page's and the count's)."""
+
+    def __init__(self, bounds: ListingBounds, client_left: Callable[[], bool] = _never) -> None:
+        self.deadline = time.monotonic() + bounds.seconds
+        self.scans_left = bounds.scans
+        self.client_left = client_left
+
+    def check_client(self) -> None:
+        if self.client_left():
+            raise WalkAbandoned
+
+    def spend_scan(self) -> None:
+        self.scans_left -= 1
+
+    def exhausted(self) -> bool:
+        return self.scans_left <= 0 or time.monotonic() >= self.deadline
+
+
+class Walks:
+    """The walks in flight in this worker, per app, under `walks_per_app`."""
+
+    def __init__(self, bounds: ListingBounds) -> None:
+        self.bounds = bounds
+        self._in_flight: dict[int, int] = {}
+
+    def in_flight(self, sdkappid: int) -> int:
+        return self._in_flight.get(sdkappid, 0)
+
+    @contextlib.contextmanager
+    def admit(self, sdkappid: int) -> Iterator[None]:
+        """Room for one more walk of the app, or 60007: a client retries that code later."""
+        held = self._in_flight.get(sdkappid, 0)
+        if held >= self.bounds.walks_per_app:
+            raise ServiceError(
+                ErrorCode.RATE_LIMITED,
+                f"get_appid_group_list: {held} listing(s) of this app already in progress; retry when done",
+            )
+        self._in_flight[sdkappid] = held + 1
+        try:
+            yield
+        finally:
+            left = self._in_flight[sdkappid] - 1
+            if left:
+                self._in_flight[sdkappid] = left
+            else:
+                del self._in_flight[sdkappid]
 
 
 def _next_value(master: int, cursor: int) -> int:
@@ -74,46 +154,65 @@ async def _of_type(store: Store, sdkappid: int, ids: list[str], wanted: str, imp
 
 
 async def list_page(
-    store: Store, sdkappid: int, *, limit: int, next_value: int, wanted_type: str | None, implicit: bool
+    store: Store,
+    sdkappid: int,
+    *,
+    limit: int,
+    next_value: int,
+    wanted_type: str | None,
+    implicit: bool,
+    budget: Budget,
 ) -> tuple[list[str], int]:
     """Up to `limit` GroupIds from where `next_value` says, and the Next of the page after
     (0: this was the last). A SCAN batch cannot be split (its cursor resumes after all of
-    it), so a batch that would overfill a page waits for the next one; only a single
-    hash bucket holding more of the app's groups than `limit` makes a page longer."""
+    it), so a batch that would overfill the page is asked again from the same cursor with
+    a quarter of the COUNT, down to one hash bucket; only a single bucket holding more of
+    the app's groups than `limit` makes a page longer. When the budget runs out after
+    the walk has moved, the page ends there, partial (even empty), its Next resuming."""
     masters = await store.masters()
     master, cursor = _position(next_value, masters)
     pattern = group_pattern(sdkappid)
     found: list[str] = []
-    smallest_step = False
+    step = MIN_SCAN_COUNT
+    moved = False
     while True:
-        step = 1 if smallest_step else min(limit - len(found), _WALK_COUNT)
+        budget.check_client()
         after, keys = await store.scan(master, cursor, pattern, step)
+        budget.spend_scan()
         ids = group_ids(sdkappid, keys)
         if wanted_type is not None and ids:
             ids = await _of_type(store, sdkappid, ids, wanted_type, implicit)
-        if len(found) + len(ids) > limit:
-            if found:
+        overfilled = len(found) + len(ids) > limit
+        if overfilled and step > 1:
+            step = max(1, step // 4)  # the same cursor again, fewer buckets at a time
+        elif overfilled and found:
+            return found, _next_value(master, cursor)
+        else:
+            found += ids
+            cursor, moved = after, True
+            # Back up towards the minimum once the groups thin out.
+            step = min(step * 2, MIN_SCAN_COUNT)
+            if cursor == 0:
+                master += 1
+                if master == masters:
+                    return found, 0
+            if len(found) >= limit:
                 return found, _next_value(master, cursor)
-            if not smallest_step:
-                smallest_step = True  # the same cursor again, one bucket at a time
-                continue
-        smallest_step = False
-        found += ids
-        cursor = after
-        if cursor == 0:
-            master += 1
-            if master == masters:
-                return found, 0
-        if len(found) >= limit:
+        if moved and budget.exhausted():
             return found, _next_value(master, cursor)
 
 
-async def walk_group_ids(store: Store, sdkappid: int) -> AsyncIterator[list[str]]:
-    """Every GroupId of the app, a SCAN batch at a time, master after master."""
+async def walk_group_ids(
+    store: Store, sdkappid: int, client_left: Callable[[], bool] = _never
+) -> AsyncIterator[list[str]]:
+    """Every GroupId of the app, a SCAN batch at a time, master after master; stops
+    (WalkAbandoned) when `client_left` says so."""
     pattern = group_pattern(sdkappid)
     for master in range(await store.masters()):
         cursor = 0
         while True:
+            if client_left():
+                raise WalkAbandoned
             cursor, keys = await store.scan(master, cursor, pattern, _WALK_COUNT)
             ids = group_ids(sdkappid, keys)
             if ids:
@@ -122,8 +221,8 @@ async def walk_group_ids(store: Store, sdkappid: int) -> AsyncIterator[list[str]
                 break
 
 
-async def count_groups(store: Store, sdkappid: int) -> int:
+async def count_groups(store: Store, sdkappid: int, client_left: Callable[[], bool] = _never) -> int:
     total = 0
-    async for ids in walk_group_ids(store, sdkappid):
+    async for ids in walk_group_ids(store, sdkappid, client_left):
         total += len(ids)
     return total

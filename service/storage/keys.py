@@ -97,6 +97,11 @@ def rate_limit_key(sdkappid: int) -> str:
     return f"{{ratelimit:{sdkappid}}}"
 
 
+def demo_limit_key(sdkappid: int) -> str:
+    """/demo's one-second window (page loads and group creations), apart from the app's."""
+    return f"{{demo:{sdkappid}}}"
+
+
 def group_list_key(sdkappid: int) -> str:
     """get_appid_group_list's once-a-second window, apart from the app's own rate limit."""
     return f"{{grouplist:{sdkappid}}}"
