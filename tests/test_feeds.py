@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from service.errors import ErrorCode, ServiceError
 from service.live import feeds as feeds_module
 from service.live.feeds import Feeds, Watcher
 from service.ops.metrics import Tally
@@ -54,6 +55,7 @@ class ScriptedStore:
         self.before_reply: list[Any] = []  # notices the subscriber delivers while a read is in flight
         self.transport = self
         self.subscriber_made = ScriptedSubscriber()
+        self.gate: asyncio.Event | None = None  # when set: a read waits for it
 
     def subscriber(self) -> ScriptedSubscriber:
         return self.subscriber_made
@@ -61,6 +63,8 @@ class ScriptedStore:
     async def run(self, call: ScriptCall) -> list[Any]:
         self.reads += 1
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate.wait()
         for deliver in self.before_reply:
             deliver()
         self.before_reply = []
@@ -277,5 +281,33 @@ def test_a_frame_that_arrives_mid_pass_reaches_every_watcher_once_in_order_one_w
         feed = feeds.feeds[CHANNEL]
         assert feed.log == [], "frames every watcher has had are let go"
         assert not feed.pumping
+
+    asyncio.run(scenario())
+
+
+def test_a_join_refused_at_its_deadline_releases_the_feed_though_the_snapshot_landed_meanwhile() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        store.gate = asyncio.Event()
+        timeout = 0.05
+        feeds = Feeds(cast(Store, store), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        join = asyncio.ensure_future(feeds.join(CHANNEL, "{1:g}", "g", "1", None))
+        await asyncio.sleep(0)
+        listener = store.subscriber_made.listener
+        assert listener is not None
+        listener.on_ready(CHANNEL)  # the snapshot's read starts, and waits at the gate
+        await asyncio.sleep(0)
+        # The gate opens just before the join's deadline, in the same step of the loop as
+        # the deadline's timer: the snapshot task is woken first, then the join is
+        # cancelled, so the snapshot lands between the deadline and the join's resumption.
+        loop.call_at(started + timeout - 0.001, store.gate.set)
+        time.sleep(timeout + 0.02)  # noqa: ASYNC251 (blocks the loop: both timers fall due together)
+        with pytest.raises(ServiceError) as refused:
+            await join
+        assert refused.value.code == ErrorCode.INTERNAL
+        assert CHANNEL not in feeds.feeds, "a refused join's feed is released"
+        assert store.subscriber_made.unsubscribed == [CHANNEL]
 
     asyncio.run(scenario())

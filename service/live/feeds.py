@@ -522,23 +522,25 @@ class Feeds:
                     await feed.synced.wait()
                     if feed.error is not None and not feed.in_sync:
                         raise feed.error
+            # From here to the return nothing awaits: the snapshot and the first notice
+            # after it meet in this watcher's queue in order. The watcher starts at the
+            # feed's head: frames already sent out are in the state it is shown.
+            watcher = Watcher(self.buffer_bytes)
+            if last_event_id != feed.event_id:
+                watcher.push(feed.snapshot_frame(resync=last_event_id is not None))
+                TALLY.resync_snapshots("reconnect", int(last_event_id is not None))
+            feed.add(watcher)
+            return watcher
         except TimeoutError:
             raise ServiceError(
                 ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
             ) from None
         finally:
             feed.joining -= 1
-            if not feed.in_sync:
-                self.release(feed)
-        # From here to the return nothing awaits: the snapshot and the first notice
-        # after it meet in this watcher's queue in order. The watcher starts at the
-        # feed's head: frames already sent out are in the state it is shown.
-        watcher = Watcher(self.buffer_bytes)
-        if last_event_id != feed.event_id:
-            watcher.push(feed.snapshot_frame(resync=last_event_id is not None))
-            TALLY.resync_snapshots("reconnect", int(last_event_id is not None))
-        feed.add(watcher)
-        return watcher
+            # Whatever became of this join: a snapshot that landed after the deadline
+            # fired but before this task resumed leaves the feed in sync and without
+            # this watcher, and a feed nobody watches must not keep its subscription.
+            self.release(feed)
 
     def leave(self, channel: str, watcher: Watcher) -> None:
         feed = self.feeds.get(channel)
