@@ -311,3 +311,85 @@ def test_a_join_refused_at_its_deadline_releases_the_feed_though_the_snapshot_la
         assert store.subscriber_made.unsubscribed == [CHANNEL]
 
     asyncio.run(scenario())
+
+
+def test_watchers_that_leave_a_quiet_group_are_let_go_without_waiting_for_a_broadcast() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        stays = await _joined(store, feeds)
+        feed = feeds.feeds[CHANNEL]
+        for _ in range(1000):  # watch and leave, over and over, and nothing ever changes
+            feeds.leave(CHANNEL, await feeds.join(CHANNEL, "{1:g}", "g", "1", None))
+        assert feed.watchers == {stays}
+        assert len(feed.ring) <= 2 * len(feed.watchers) + 8, len(feed.ring)
+        feeds.leave(CHANNEL, stays)
+        assert CHANNEL not in feeds.feeds
+        assert (feed.ring, feed.log, feed.counters) == ([], [], {}), "a released feed holds nothing"
+
+    asyncio.run(scenario())
+
+
+def test_joins_waiting_for_a_snapshot_beyond_the_workers_bound_are_refused_at_once_with_10002() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0, max_joins=3)
+        waiting = [
+            asyncio.ensure_future(feeds.join(f"{{1:g{n}}}:changes", f"{{1:g{n}}}", f"g{n}", "1", None))
+            for n in range(3)
+        ]
+        await asyncio.sleep(0)
+        assert feeds.waiting == 3
+        with pytest.raises(ServiceError) as refused:
+            await feeds.join("{1:late}:changes", "{1:late}", "late", "1", None)
+        assert refused.value.code == ErrorCode.INTERNAL
+        assert "{1:late}:changes" not in feeds.feeds, "a refused join starts no subscription"
+        assert store.subscriber_made.subscribed == [f"{{1:g{n}}}:changes" for n in range(3)]
+        for join in waiting:
+            join.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert (feeds.waiting, feeds.feeds) == (0, {})
+
+    asyncio.run(scenario())
+
+
+def test_an_end_users_joins_waiting_beyond_their_bound_are_refused_with_61007_others_go_on() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0, max_joins_per_identity=2)
+
+        def join(n: int, identity: str | None) -> Any:
+            return feeds.join(f"{{1:g{n}}}:changes", f"{{1:g{n}}}", f"g{n}", "1", None, identity)
+
+        waiting = [asyncio.ensure_future(join(n, "1:fan")) for n in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError) as refused:
+            await join(2, "1:fan")
+        assert refused.value.code == ErrorCode.END_USER_LIMITED
+        others = [asyncio.ensure_future(join(3, "1:other")), asyncio.ensure_future(join(4, None))]
+        await asyncio.sleep(0)
+        assert (feeds.waiting, feeds.waiting_by) == (4, {"1:fan": 2, "1:other": 1})
+        for pending in waiting + others:
+            pending.cancel()
+        await asyncio.gather(*waiting, *others, return_exceptions=True)
+        assert (feeds.waiting, feeds.waiting_by) == (0, {})
+
+    asyncio.run(scenario())
+
+
+def test_a_join_to_a_group_in_sync_is_never_refused_by_the_bound_on_joins_waiting() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0, max_joins=1, max_joins_per_identity=1)
+        await _joined(store, feeds)
+        blocked = asyncio.ensure_future(
+            feeds.join("{1:other}:changes", "{1:other}", "other", "1", None, "1:a")
+        )
+        await asyncio.sleep(0)
+        assert feeds.waiting == 1
+        for _ in range(5):  # the worker's one waiting slot is taken: these need none
+            await feeds.join(CHANNEL, "{1:g}", "g", "1", None, "1:a")
+        blocked.cancel()
+        await asyncio.gather(blocked, return_exceptions=True)
+
+    asyncio.run(scenario())
