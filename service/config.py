@@ -71,8 +71,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # watch socket, fixed: left to itself the kernel grows it to tcp_wmem's maximum
     # (4 MiB) for a client that does not read, before the service's own cut-off sees a byte.
     watch_send_buffer_bytes: Annotated[int, msgspec.Meta(ge=8192, le=2**22)] = 65536
-    # Watches waiting for their group's first snapshot (a subscription and a read each),
-    # per worker and per end user; beyond them a watch is refused at once, told to retry.
+    # Watches starting a group's feed (a group the worker does not watch yet: a
+    # subscription and a snapshot read each), per worker and per end user; beyond them
+    # a watch is refused at once, told to retry. Watches of a group already there are free.
     max_watch_joins: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_watch_joins_per_end_user: Annotated[int, msgspec.Meta(ge=1)] = 4
     # Streams one end user (sdkappid and identifier) may hold open on a worker.

@@ -330,7 +330,7 @@ def test_watchers_that_leave_a_quiet_group_are_let_go_without_waiting_for_a_broa
     asyncio.run(scenario())
 
 
-def test_joins_waiting_for_a_snapshot_beyond_the_workers_bound_are_refused_at_once_with_10002() -> None:
+def test_joins_starting_a_group_beyond_the_workers_bound_are_refused_at_once_with_10002() -> None:
     async def scenario() -> None:
         store = ScriptedStore()
         feeds = Feeds(cast(Store, store), timeout=2.0, max_joins=3)
@@ -339,7 +339,7 @@ def test_joins_waiting_for_a_snapshot_beyond_the_workers_bound_are_refused_at_on
             for n in range(3)
         ]
         await asyncio.sleep(0)
-        assert feeds.waiting == 3
+        assert feeds.starting == 3
         with pytest.raises(ServiceError) as refused:
             await feeds.join("{1:late}:changes", "{1:late}", "late", "1", None)
         assert refused.value.code == ErrorCode.INTERNAL
@@ -348,12 +348,12 @@ def test_joins_waiting_for_a_snapshot_beyond_the_workers_bound_are_refused_at_on
         for join in waiting:
             join.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        assert (feeds.waiting, feeds.feeds) == (0, {})
+        assert (feeds.starting, feeds.feeds) == (0, {})
 
     asyncio.run(scenario())
 
 
-def test_an_end_users_joins_waiting_beyond_their_bound_are_refused_with_61007_others_go_on() -> None:
+def test_an_end_users_joins_starting_a_group_beyond_their_bound_are_refused_with_61007() -> None:
     async def scenario() -> None:
         store = ScriptedStore()
         feeds = Feeds(cast(Store, store), timeout=2.0, max_joins_per_identity=2)
@@ -368,28 +368,34 @@ def test_an_end_users_joins_waiting_beyond_their_bound_are_refused_with_61007_ot
         assert refused.value.code == ErrorCode.END_USER_LIMITED
         others = [asyncio.ensure_future(join(3, "1:other")), asyncio.ensure_future(join(4, None))]
         await asyncio.sleep(0)
-        assert (feeds.waiting, feeds.waiting_by) == (4, {"1:fan": 2, "1:other": 1})
+        assert (feeds.starting, feeds.starting_by) == (4, {"1:fan": 2, "1:other": 1})
         for pending in waiting + others:
             pending.cancel()
         await asyncio.gather(*waiting, *others, return_exceptions=True)
-        assert (feeds.waiting, feeds.waiting_by) == (0, {})
+        assert (feeds.starting, feeds.starting_by) == (0, {})
 
     asyncio.run(scenario())
 
 
-def test_a_join_to_a_group_in_sync_is_never_refused_by_the_bound_on_joins_waiting() -> None:
+def test_a_join_to_a_group_in_sync_or_starting_is_never_refused_by_the_bound_on_joins() -> None:
     async def scenario() -> None:
         store = ScriptedStore()
         feeds = Feeds(cast(Store, store), timeout=2.0, max_joins=1, max_joins_per_identity=1)
         await _joined(store, feeds)
-        blocked = asyncio.ensure_future(
-            feeds.join("{1:other}:changes", "{1:other}", "other", "1", None, "1:a")
-        )
+        other = ("{1:other}:changes", "{1:other}", "other", "1", None, "1:a")
+        starting = asyncio.ensure_future(feeds.join(*other))
         await asyncio.sleep(0)
-        assert feeds.waiting == 1
-        for _ in range(5):  # the worker's one waiting slot is taken: these need none
+        assert feeds.starting == 1
+        # The worker's one slot, and the end user's, are taken: these need none.
+        for _ in range(5):
             await feeds.join(CHANNEL, "{1:g}", "g", "1", None, "1:a")
-        blocked.cancel()
-        await asyncio.gather(blocked, return_exceptions=True)
+        joining = [asyncio.ensure_future(feeds.join(*other)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert feeds.feeds["{1:other}:changes"].joining == 6
+        listener = store.subscriber_made.listener
+        assert listener is not None
+        listener.on_ready("{1:other}:changes")
+        assert len(await asyncio.gather(starting, *joining)) == 6
+        assert feeds.starting == 0
 
     asyncio.run(scenario())

@@ -513,9 +513,10 @@ class Feeds:
         self.buffer_bytes = buffer_bytes
         self.max_joins = max_joins
         self.max_joins_per_identity = max_joins_per_identity
-        # Joins waiting for their feed's snapshot: in all, and per identity that is bounded.
-        self.waiting = 0
-        self.waiting_by: dict[str, int] = {}
+        # Joins that started their group's feed and wait for its first snapshot (a
+        # subscription and a read each): in all, and per identity that is bounded.
+        self.starting = 0
+        self.starting_by: dict[str, int] = {}
         self.feeds: dict[str, Feed] = {}
         self._subscriber: Subscriber | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -546,24 +547,27 @@ class Feeds:
         when the group is still at that id. 10010/10007 as a read; 10002 when the
         subscription or the snapshot cannot be had within `timeout`.
 
-        A join that has to wait for its group's snapshot is admitted only while fewer
-        than `max_joins` wait (10002 at once otherwise), and, for a bounded `identity`
-        (an end user), fewer than `max_joins_per_identity` of its own (61007): a burst
-        of joins is answered early, not left to miss the same deadline together."""
+        A join that starts its group's feed (a group no one watches here: a subscription
+        and a snapshot to read) is admitted only while fewer than `max_joins` others do
+        (10002 at once otherwise), and, for a bounded `identity` (an end user), fewer
+        than `max_joins_per_identity` of its own (61007): a burst of joins is answered
+        early, not left to miss the same deadline together. A join to a feed already
+        there, in sync or starting, costs Redis nothing and is not bounded here."""
         if self.closed:
             raise ServiceError(ErrorCode.INTERNAL, "internal error: the service is shutting down")
         feed = self.feeds.get(channel)
         if feed is not None and feed.in_sync:
             return self._add(feed, last_event_id)
-        self._admit(identity)
+        starts = feed is None
         if feed is None:
+            self._admit(identity)
             feed = self.feeds[channel] = Feed(self, channel, group, group_id, registered)
             self.subscriber.subscribe(channel)
             TALLY.watched_groups += 1
+            self.starting += 1
+            if identity is not None:
+                self.starting_by[identity] = self.starting_by.get(identity, 0) + 1
         feed.joining += 1
-        self.waiting += 1
-        if identity is not None:
-            self.waiting_by[identity] = self.waiting_by.get(identity, 0) + 1
         try:
             async with asyncio.timeout(self.timeout):
                 while not feed.in_sync:
@@ -577,29 +581,33 @@ class Feeds:
             ) from None
         finally:
             feed.joining -= 1
-            self.waiting -= 1
-            if identity is not None:
-                left = self.waiting_by[identity] - 1
-                if left:
-                    self.waiting_by[identity] = left
-                else:
-                    del self.waiting_by[identity]
+            if starts:
+                self._started(identity)
             # Whatever became of this join: a snapshot that landed after the deadline
             # fired but before this task resumed leaves the feed in sync and without
             # this watcher, and a feed nobody watches must not keep its subscription.
             self.release(feed)
 
     def _admit(self, identity: str | None) -> None:
-        if self.waiting >= self.max_joins:
+        if self.starting >= self.max_joins:
             raise ServiceError(
                 ErrorCode.INTERNAL,
-                f"internal error: {self.waiting} watches are starting on this worker, retry later",
+                f"internal error: {self.starting} watches are starting on this worker, retry later",
             )
-        if identity is not None and self.waiting_by.get(identity, 0) >= self.max_joins_per_identity:
+        if identity is not None and self.starting_by.get(identity, 0) >= self.max_joins_per_identity:
             raise ServiceError(
                 ErrorCode.END_USER_LIMITED,
                 f"end user over their limit: {self.max_joins_per_identity} watches starting at once",
             )
+
+    def _started(self, identity: str | None) -> None:
+        self.starting -= 1
+        if identity is not None:
+            left = self.starting_by[identity] - 1
+            if left:
+                self.starting_by[identity] = left
+            else:
+                del self.starting_by[identity]
 
     def _add(self, feed: Feed, last_event_id: str | None) -> Watcher:
         """The watcher, on a feed in sync. Nothing awaits here: the snapshot and the first

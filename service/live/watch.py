@@ -164,6 +164,9 @@ class WatchEndpoint:
             await _refuse(send, ServiceError(code, "internal error"), request_id)
             self._log(request_id, sdkappid, group_id, code, started)
             return
+        except BaseException:  # cancelled (shutdown): the end user's count stays right
+            self._let_go(identity)
+            raise
 
         self._log(request_id, sdkappid, group_id, code, started)
         gone = asyncio.ensure_future(_disconnected(receive))
