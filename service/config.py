@@ -76,6 +76,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     list_walk_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     list_walk_scans: Annotated[int, msgspec.Meta(ge=1)] = 1000
     list_walks_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # What watchers may cost a worker (README, Limits). The kernel's send buffer of a
+    # watch socket, fixed: left to itself the kernel grows it to tcp_wmem's maximum
+    # (4 MiB) for a client that does not read, before the service's own cut-off sees a byte.
+    watch_send_buffer_bytes: Annotated[int, msgspec.Meta(ge=8192, le=2**22)] = 65536
+    # Watches starting a group's feed (a group the worker does not watch yet: a
+    # subscription and a snapshot read each), per worker and per end user; beyond them
+    # a watch is refused at once, told to retry. Watches of a group already there are free.
+    max_watch_joins: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_watch_joins_per_end_user: Annotated[int, msgspec.Meta(ge=1)] = 4
+    # Streams one end user (sdkappid and identifier) may hold open on a worker.
+    max_watchers_per_end_user: Annotated[int, msgspec.Meta(ge=1)] = 16
 
 
 class App(msgspec.Struct, frozen=True):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import socket
 import statistics
 import threading
@@ -20,13 +21,30 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from tests.support import CONFIG, IMPLICIT_APP, RedisServer, ServiceProcess, query
+import redis
+
+from tests.support import (
+    ADMIN,
+    CONFIG,
+    END_USER_APP,
+    IMPLICIT_APP,
+    RedisServer,
+    ServiceProcess,
+    post_command,
+    query,
+)
 
 HOST: Final = "127.0.0.1"
 GOOD_PATH: Final = "/v4/group_open_http_svc/get_group_counter?" + query(IMPLICIT_APP)
 GOOD_BODY: Final = b'{"GroupId": "watched"}'
+
+
+def redis_url_of(service: ServiceProcess) -> str:
+    """The Redis a service of `service_on_redis` runs on."""
+    config = (service.log.parent / "config.toml").read_text()
+    return config.split('redis_url = "')[1].split('"')[0]
 
 
 def rss_bytes(pid: int) -> int:
@@ -34,6 +52,19 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def kernel_send_queues(port: int) -> list[int]:
+    """Bytes the kernel holds unacknowledged for each established connection of the
+    service's port (tx_queue in /proc/net/tcp): what a client that does not read costs
+    the machine beyond the worker's own memory."""
+    queues = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                queues.append(int(fields[4].split(":")[0], 16))
+    return queues
 
 
 def open_fds(pid: int) -> int:
@@ -280,6 +311,140 @@ def varying_random(port: int, stop: threading.Event, ends: list[str], calls: int
     ends.extend(f"{count} x ErrorCode {code}" for code, count in codes.items())
 
 
+# Watchers (issue 25) ----------------------------------------------------------------------------
+
+WATCH_PATH: Final = "/v4/group_open_http_svc/watch_group_counter"
+
+
+def watch_request(group_id: str, sdkappid: int = IMPLICIT_APP, identifier: str = ADMIN) -> bytes:
+    target = f"{WATCH_PATH}?{query(sdkappid, identifier)}&GroupId={group_id}"
+    return f"GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode()
+
+
+def watch_reply(sock: socket.socket, timeout: float = 10.0) -> tuple[str, dict[str, Any] | None]:
+    """How a watch was answered: "stream" (its first event came), "refused" (a refusal
+    to retry, as an event stream) or "envelope" (the JSON envelope), with the envelope;
+    or how it failed."""
+    sock.settimeout(timeout)
+    try:
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        if not (response.getheader("content-type") or "").startswith("text/event-stream"):
+            return "envelope", json.loads(response.read())
+        while line := response.readline():
+            if line.startswith(b"event: refused"):
+                return "refused", json.loads(response.readline().decode().removeprefix("data: "))
+            if line.startswith(b"event: "):
+                return "stream", None
+    except (OSError, http.client.HTTPException) as exc:
+        return f"failed ({exc.__class__.__name__})", None
+    return "closed", None
+
+
+def watch_answer(sock: socket.socket, timeout: float = 10.0) -> str:
+    """`watch_reply` in a word or two: "stream", "refused <code>", "code <code>"..."""
+    kind, envelope = watch_reply(sock, timeout)
+    if envelope is None:
+        return kind
+    return f"{'refused' if kind == 'refused' else 'code'} {envelope['ErrorCode']}"
+
+
+def watch_bursts(port: int, stop: threading.Event, ends: list[str], size: int = 1500) -> None:
+    """Bursts of `size` watches, each of a group of its own, sent at once on connections
+    opened beforehand and each closed once sent (issue 25: channels 1 -> 903 with no
+    watcher left)."""
+    burst = 0
+    while not stop.is_set():
+        socks = []
+        for _ in range(size):
+            try:
+                socks.append(_connect(port))
+            except OSError as exc:
+                ends.append(f"connect failed ({exc.__class__.__name__})")
+        sent = 0
+        for n, sock in enumerate(socks):
+            with contextlib.suppress(OSError):
+                sock.sendall(watch_request(f"burst-{burst}-{n}"))
+                sent += 1
+        for sock in socks:
+            sock.close()
+        ends.append(f"burst of {sent}")
+        burst += 1
+        stop.wait(0.5)
+
+
+def watch_churn(
+    port: int, stop: threading.Event, ends: list[str], threads: int = 4, group: str = "churn"
+) -> None:
+    """Connect, watch one group until its snapshot, disconnect, again and again (issue 25:
+    RSS 75 -> 229 MB; a loop on an unwatched group: a Redis connection per watch)."""
+
+    def one() -> None:
+        answers: dict[str, int] = {}
+        while not stop.is_set():
+            try:
+                with _connect(port) as sock:
+                    sock.sendall(watch_request(group))
+                    answer = watch_answer(sock)
+            except OSError as exc:
+                answer = f"failed ({exc.__class__.__name__})"
+            answers[answer] = answers.get(answer, 0) + 1
+        ends.extend(f"{count} x {answer}" for answer, count in answers.items())
+
+    _fan_out(one, threads)
+
+
+def never_reading_watchers(
+    port: int, stop: threading.Event, ends: list[str], watchers: int = 20, group: str = "firehose"
+) -> None:
+    """Watchers that never read, with a small receive buffer, while one writer changes
+    their group with frames of about 3 KB as fast as it can (issue 25: 3.8 MiB of kernel
+    buffer each)."""
+    socks = []
+    for _ in range(watchers):
+        sock = _connect(port, rcvbuf=4096)
+        sock.sendall(watch_request(group))
+        socks.append(sock)
+    keys = [f"{n:02d}" + "k" * 120 for n in range(20)]
+    connection = http.client.HTTPConnection(HOST, port, timeout=5)
+    path = "/v4/group_open_http_svc/update_group_counter?" + query(IMPLICIT_APP)
+    updates = 0
+    try:
+        while not stop.is_set():
+            items = [{"Key": key, "Value": 2**62 + updates} for key in keys]
+            body = json.dumps({"GroupId": group, "Mode": "Set", "GroupCounter": items})
+            connection.request("POST", path, body=body)
+            connection.getresponse().read()
+            updates += 1
+    finally:
+        connection.close()
+        ends.append(f"{updates} updates")
+        ends.extend(_closed_by_server(sock) for sock in socks)
+        for sock in socks:
+            sock.close()
+
+
+def one_end_user_many_watchers(
+    port: int, stop: threading.Event, ends: list[str], watchers: int = 60, group: str = "fan-club"
+) -> None:
+    """One end user opens watch after watch of one group and holds them (issue 25: 139)."""
+    post_command(port, "create_group", {"Type": "Public", "Name": "g", "GroupId": group}, END_USER_APP)
+    socks = []
+    try:
+        for _ in range(watchers):
+            if stop.is_set():
+                break
+            sock = _connect(port)
+            socks.append(sock)
+            sock.sendall(watch_request(group, END_USER_APP, "fan"))
+            ends.append(watch_answer(sock))
+            time.sleep(0.05)  # under the end user's 20 reads per 5 s for the first few
+        stop.wait()
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _closed_by_server(sock: socket.socket) -> str:
     sock.settimeout(0.01)
     try:
@@ -307,6 +472,11 @@ ATTACKS: Final[dict[str, Callable[[int, threading.Event, list[str]], None]]] = {
     "slowloris": slowloris,
     "distinct-long-queries": distinct_long_queries,
     "varying-random": varying_random,
+    "watch-bursts": watch_bursts,
+    "watch-churn": watch_churn,
+    "watch-loop-unwatched": lambda port, stop, ends: watch_churn(port, stop, ends, 1, "lonely"),
+    "never-reading-watchers": never_reading_watchers,
+    "one-end-user-many-watchers": one_end_user_many_watchers,
 }
 
 
@@ -384,7 +554,21 @@ def main() -> None:
     parser.add_argument("--config", default="", help="extra TOML lines for the service")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, service_on_redis(Path(tmp), args.config) as service:
+        inspector = redis.Redis.from_url(redis_url_of(service))
+        connections_before = int(inspector.info("stats")["total_connections_received"])
+        largest_queue = 0
+        sampled = threading.Event()
+
+        def sample_queues() -> None:
+            nonlocal largest_queue
+            while not sampled.wait(0.01):
+                largest_queue = max([largest_queue, *kernel_send_queues(service.port)])
+
+        sampler = threading.Thread(target=sample_queues, daemon=True)
+        sampler.start()
         outcome = under_attack(service, ATTACKS[args.attack], args.seconds, settle=2.0)
+        sampled.set()
+        sampler.join()
         ended: dict[str, int] = {}
         for end in outcome.ends:
             ended[end] = ended.get(end, 0) + 1
@@ -395,6 +579,13 @@ def main() -> None:
             f"after (+2 s) {outcome.rss_after / 2**20:.0f} MiB; open fds now {open_fds(service.pid)}"
         )
         print(f"  attack connections ended: {ended}")
+        print(
+            f"  largest kernel send queue of one connection {largest_queue} bytes; "
+            f"Redis: {len(inspector.pubsub_channels())} channels subscribed now, "
+            f"{int(inspector.info('stats')['total_connections_received']) - connections_before} "
+            "connections opened meanwhile (the subscriber's first one included)"
+        )
+        inspector.close()
         for failure in outcome.watch.failures[:5]:
             print(f"  failure: {failure}")
 

@@ -76,7 +76,8 @@ class Served:
 
 
 class Watch:
-    """One watch_group_counter call: `reply` holds a JSON envelope when it was refused."""
+    """One watch_group_counter call: `reply` holds the envelope when it was refused (as
+    JSON, or as the `refused` event of a refusal to retry)."""
 
     def __init__(
         self, port: int, group_id: str, last_event_id: str | None, sdkappid: int, overrides: dict[str, Any]
@@ -95,6 +96,10 @@ class Watch:
         self.reply: dict[str, Any] | None = None
         if not self.response.getheader("content-type", "").startswith("text/event-stream"):
             self.reply = json.loads(self.response.read())
+        elif self.response.getheader("content-length") is not None:
+            # A refusal to retry: `retry:`, one `refused` event with the envelope, the end.
+            body = self.response.read().decode()
+            self.reply = json.loads(body.split("\ndata: ", 1)[1].split("\n", 1)[0])
 
     def next(self) -> Event | None:
         """The next event (comments skipped); None at the end of the stream."""

@@ -288,3 +288,27 @@ def test_a_demo_rate_limit_below_1_is_a_config_error_naming_it(line: str) -> Non
 
 def test_the_demo_rate_limit_defaults_to_5_loads_a_second() -> None:
     assert parse_config(config_with(app()), environ={}).config.demo_rate_limit == 5
+
+
+def test_the_watcher_bounds_have_their_documented_defaults() -> None:
+    config = parse_config(config_with(app()), environ={}).config
+    assert config.watch_send_buffer_bytes == 65536
+    assert config.max_watch_joins == 1000
+    assert config.max_watch_joins_per_end_user == 4
+    assert config.max_watchers_per_end_user == 16
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "watch_send_buffer_bytes = 4096",
+        "watch_send_buffer_bytes = 8388608",
+        "max_watch_joins = 0",
+        "max_watch_joins_per_end_user = 0",
+        "max_watchers_per_end_user = 0",
+        "max_watchers_per_end_user = -1",
+    ],
+)
+def test_a_watcher_bound_out_of_its_range_is_an_error_naming_it(line: str) -> None:
+    with pytest.raises(ConfigError, match=line.split(" = ")[0]):
+        parse_config(config_with(app(), top=f'redis_url = "memory://"\n{line}'), environ={})

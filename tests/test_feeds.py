@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from service.errors import ErrorCode, ServiceError
 from service.live import feeds as feeds_module
 from service.live.feeds import Feeds, Watcher
 from service.ops.metrics import Tally
@@ -54,6 +55,7 @@ class ScriptedStore:
         self.before_reply: list[Any] = []  # notices the subscriber delivers while a read is in flight
         self.transport = self
         self.subscriber_made = ScriptedSubscriber()
+        self.gate: asyncio.Event | None = None  # when set: a read waits for it
 
     def subscriber(self) -> ScriptedSubscriber:
         return self.subscriber_made
@@ -61,6 +63,8 @@ class ScriptedStore:
     async def run(self, call: ScriptCall) -> list[Any]:
         self.reads += 1
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate.wait()
         for deliver in self.before_reply:
             deliver()
         self.before_reply = []
@@ -277,5 +281,121 @@ def test_a_frame_that_arrives_mid_pass_reaches_every_watcher_once_in_order_one_w
         feed = feeds.feeds[CHANNEL]
         assert feed.log == [], "frames every watcher has had are let go"
         assert not feed.pumping
+
+    asyncio.run(scenario())
+
+
+def test_a_join_refused_at_its_deadline_releases_the_feed_though_the_snapshot_landed_meanwhile() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        store.gate = asyncio.Event()
+        timeout = 0.05
+        feeds = Feeds(cast(Store, store), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        join = asyncio.ensure_future(feeds.join(CHANNEL, "{1:g}", "g", "1", None))
+        await asyncio.sleep(0)
+        listener = store.subscriber_made.listener
+        assert listener is not None
+        listener.on_ready(CHANNEL)  # the snapshot's read starts, and waits at the gate
+        await asyncio.sleep(0)
+        # The gate opens just before the join's deadline, in the same step of the loop as
+        # the deadline's timer: the snapshot task is woken first, then the join is
+        # cancelled, so the snapshot lands between the deadline and the join's resumption.
+        loop.call_at(started + timeout - 0.001, store.gate.set)
+        time.sleep(timeout + 0.02)  # noqa: ASYNC251 (blocks the loop: both timers fall due together)
+        with pytest.raises(ServiceError) as refused:
+            await join
+        assert refused.value.code == ErrorCode.INTERNAL
+        assert CHANNEL not in feeds.feeds, "a refused join's feed is released"
+        assert store.subscriber_made.unsubscribed == [CHANNEL]
+
+    asyncio.run(scenario())
+
+
+def test_watchers_that_leave_a_quiet_group_are_let_go_without_waiting_for_a_broadcast() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0)
+        stays = await _joined(store, feeds)
+        feed = feeds.feeds[CHANNEL]
+        for _ in range(1000):  # watch and leave, over and over, and nothing ever changes
+            feeds.leave(CHANNEL, await feeds.join(CHANNEL, "{1:g}", "g", "1", None))
+        assert feed.watchers == {stays}
+        assert len(feed.ring) <= 2 * len(feed.watchers) + 8, len(feed.ring)
+        feeds.leave(CHANNEL, stays)
+        assert CHANNEL not in feeds.feeds
+        assert (feed.ring, feed.log, feed.counters) == ([], [], {}), "a released feed holds nothing"
+
+    asyncio.run(scenario())
+
+
+def test_joins_starting_a_group_beyond_the_workers_bound_are_refused_at_once_with_10002() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0, max_joins=3)
+        waiting = [
+            asyncio.ensure_future(feeds.join(f"{{1:g{n}}}:changes", f"{{1:g{n}}}", f"g{n}", "1", None))
+            for n in range(3)
+        ]
+        await asyncio.sleep(0)
+        assert feeds.starting == 3
+        with pytest.raises(ServiceError) as refused:
+            await feeds.join("{1:late}:changes", "{1:late}", "late", "1", None)
+        assert refused.value.code == ErrorCode.INTERNAL
+        assert "{1:late}:changes" not in feeds.feeds, "a refused join starts no subscription"
+        assert store.subscriber_made.subscribed == [f"{{1:g{n}}}:changes" for n in range(3)]
+        for join in waiting:
+            join.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert (feeds.starting, feeds.feeds) == (0, {})
+
+    asyncio.run(scenario())
+
+
+def test_an_end_users_joins_starting_a_group_beyond_their_bound_are_refused_with_61007() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0, max_joins_per_identity=2)
+
+        def join(n: int, identity: str | None) -> Any:
+            return feeds.join(f"{{1:g{n}}}:changes", f"{{1:g{n}}}", f"g{n}", "1", None, identity)
+
+        waiting = [asyncio.ensure_future(join(n, "1:fan")) for n in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError) as refused:
+            await join(2, "1:fan")
+        assert refused.value.code == ErrorCode.END_USER_LIMITED
+        others = [asyncio.ensure_future(join(3, "1:other")), asyncio.ensure_future(join(4, None))]
+        await asyncio.sleep(0)
+        assert (feeds.starting, feeds.starting_by) == (4, {"1:fan": 2, "1:other": 1})
+        for pending in waiting + others:
+            pending.cancel()
+        await asyncio.gather(*waiting, *others, return_exceptions=True)
+        assert (feeds.starting, feeds.starting_by) == (0, {})
+
+    asyncio.run(scenario())
+
+
+def test_a_join_to_a_group_in_sync_or_starting_is_never_refused_by_the_bound_on_joins() -> None:
+    async def scenario() -> None:
+        store = ScriptedStore()
+        feeds = Feeds(cast(Store, store), timeout=2.0, max_joins=1, max_joins_per_identity=1)
+        await _joined(store, feeds)
+        other = ("{1:other}:changes", "{1:other}", "other", "1", None, "1:a")
+        starting = asyncio.ensure_future(feeds.join(*other))
+        await asyncio.sleep(0)
+        assert feeds.starting == 1
+        # The worker's one slot, and the end user's, are taken: these need none.
+        for _ in range(5):
+            await feeds.join(CHANNEL, "{1:g}", "g", "1", None, "1:a")
+        joining = [asyncio.ensure_future(feeds.join(*other)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert feeds.feeds["{1:other}:changes"].joining == 6
+        listener = store.subscriber_made.listener
+        assert listener is not None
+        listener.on_ready("{1:other}:changes")
+        assert len(await asyncio.gather(starting, *joining)) == 6
+        assert feeds.starting == 0
 
     asyncio.run(scenario())

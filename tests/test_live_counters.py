@@ -7,6 +7,7 @@ the embedded store and a real three-master Cluster, like the contract tests.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import signal
 import socket
 import threading
@@ -37,7 +38,7 @@ from service.storage.transports.embedded import RedisPyTransport
 from tests.backends import empty_store, memory_store
 from tests.hostile import service_on_redis
 from tests.live_support import Event, Served, Tape, Watch, serving
-from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, RedisServer, query, usersig_for
+from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, RedisServer, free_port, query, usersig_for
 from tests.topologies import Cluster, wait_for
 
 
@@ -379,6 +380,27 @@ def test_a_refused_watch_answers_its_documented_code(
 ) -> None:
     with TestClient(create_app(settings, memory_store())) as client:
         assert _watch_reply(client, params, **over)["ErrorCode"] == code
+
+
+def test_a_watch_refused_for_a_fault_that_clears_tells_an_eventsource_to_come_back(
+    settings: Settings,
+) -> None:
+    # No Redis on this port: the call's first Redis step fails, 10002, which clears by itself.
+    store = open_store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    with serving(settings, store) as served:
+        watch = served.watch("g")
+        assert watch.response.status == 200
+        assert watch.response.getheader("content-type", "").startswith("text/event-stream")
+        assert watch.reply is not None
+        assert watch.reply["ErrorCode"] == 10002
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        connection.request("GET", f"/v4/group_open_http_svc/watch_group_counter?{query()}&GroupId=g")
+        body = connection.getresponse().read().decode()
+        connection.close()
+        retry, blank, event, data, end = body.split("\n", 4)
+        assert 1000 <= int(retry.removeprefix("retry: ")) <= 3000, body
+        assert (blank, event, end) == ("", "event: refused", "\n"), body
+        assert '"ErrorCode":10002' in data, body
 
 
 def test_a_watch_needs_an_admin_and_a_get(settings: Settings) -> None:

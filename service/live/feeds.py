@@ -263,6 +263,16 @@ class Feed:
         self.watchers.add(watcher)
         self.ring.append(watcher)
 
+    def remove(self, watcher: Watcher) -> None:
+        """The watcher left: the ring lets go of it (and what it holds) soon, not only
+        at the next broadcast, which a quiet group may never have. Pruned when the ring
+        holds twice as many as are left, so a leave costs O(1) on average; a ring being
+        walked is pruned when the walk ends (`_wrap`)."""
+        self.watchers.discard(watcher)
+        if not self.pumping and len(self.ring) > 2 * len(self.watchers) + 8:
+            watchers = self.watchers
+            self.ring = [kept for kept in self.ring if kept in watchers and not kept.ended]
+
     def broadcast(self, frame: bytes) -> None:
         self.log.append(frame)
         if not self.pumping:
@@ -351,6 +361,14 @@ class Feed:
     def lost(self) -> None:
         self.subscribed = False
         self._out_of_sync()
+
+    def forget(self) -> None:
+        """Released: nothing that a watcher or a frame left behind stays reachable from here."""
+        self.ring = []
+        self.log = []
+        self.log_start = self.cursor = 0
+        self.counters = {}
+        self._snapshot_frames = {}
 
     def _out_of_sync(self) -> None:
         self.snapshot = None
@@ -481,10 +499,24 @@ class Feed:
 class Feeds:
     """Every feed of this process, and the subscriber they share (the subscription `Listener`)."""
 
-    def __init__(self, store: Store, *, timeout: float, buffer_bytes: int = WATCHER_BUFFER_BYTES) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout: float,
+        buffer_bytes: int = WATCHER_BUFFER_BYTES,
+        max_joins: int = 1000,
+        max_joins_per_identity: int = 4,
+    ) -> None:
         self.store = store
         self.timeout = timeout
         self.buffer_bytes = buffer_bytes
+        self.max_joins = max_joins
+        self.max_joins_per_identity = max_joins_per_identity
+        # Joins that started their group's feed and wait for its first snapshot (a
+        # subscription and a read each): in all, and per identity that is bounded.
+        self.starting = 0
+        self.starting_by: dict[str, int] = {}
         self.feeds: dict[str, Feed] = {}
         self._subscriber: Subscriber | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -502,19 +534,39 @@ class Feeds:
         return sum(len(feed.watchers) for feed in self.feeds.values())
 
     async def join(
-        self, channel: str, group: str, group_id: str, registered: str, last_event_id: str | None
+        self,
+        channel: str,
+        group: str,
+        group_id: str,
+        registered: str,
+        last_event_id: str | None,
+        identity: str | None = None,
     ) -> Watcher:
         """A new watcher of the group, its first frame queued: a snapshot, flagged as a
         resync when it came with a Last-Event-ID the group has moved on from, or none
         when the group is still at that id. 10010/10007 as a read; 10002 when the
-        subscription or the snapshot cannot be had within `timeout`."""
+        subscription or the snapshot cannot be had within `timeout`.
+
+        A join that starts its group's feed (a group no one watches here: a subscription
+        and a snapshot to read) is admitted only while fewer than `max_joins` others do
+        (10002 at once otherwise), and, for a bounded `identity` (an end user), fewer
+        than `max_joins_per_identity` of its own (61007): a burst of joins is answered
+        early, not left to miss the same deadline together. A join to a feed already
+        there, in sync or starting, costs Redis nothing and is not bounded here."""
         if self.closed:
             raise ServiceError(ErrorCode.INTERNAL, "internal error: the service is shutting down")
         feed = self.feeds.get(channel)
+        if feed is not None and feed.in_sync:
+            return self._add(feed, last_event_id)
+        starts = feed is None
         if feed is None:
+            self._admit(identity)
             feed = self.feeds[channel] = Feed(self, channel, group, group_id, registered)
             self.subscriber.subscribe(channel)
             TALLY.watched_groups += 1
+            self.starting += 1
+            if identity is not None:
+                self.starting_by[identity] = self.starting_by.get(identity, 0) + 1
         feed.joining += 1
         try:
             async with asyncio.timeout(self.timeout):
@@ -522,17 +574,45 @@ class Feeds:
                     await feed.synced.wait()
                     if feed.error is not None and not feed.in_sync:
                         raise feed.error
+            return self._add(feed, last_event_id)
         except TimeoutError:
             raise ServiceError(
                 ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
             ) from None
         finally:
             feed.joining -= 1
-            if not feed.in_sync:
-                self.release(feed)
-        # From here to the return nothing awaits: the snapshot and the first notice
-        # after it meet in this watcher's queue in order. The watcher starts at the
-        # feed's head: frames already sent out are in the state it is shown.
+            if starts:
+                self._started(identity)
+            # Whatever became of this join: a snapshot that landed after the deadline
+            # fired but before this task resumed leaves the feed in sync and without
+            # this watcher, and a feed nobody watches must not keep its subscription.
+            self.release(feed)
+
+    def _admit(self, identity: str | None) -> None:
+        if self.starting >= self.max_joins:
+            raise ServiceError(
+                ErrorCode.INTERNAL,
+                f"internal error: {self.starting} watches are starting on this worker, retry later",
+            )
+        if identity is not None and self.starting_by.get(identity, 0) >= self.max_joins_per_identity:
+            raise ServiceError(
+                ErrorCode.END_USER_LIMITED,
+                f"end user over their limit: {self.max_joins_per_identity} watches starting at once",
+            )
+
+    def _started(self, identity: str | None) -> None:
+        self.starting -= 1
+        if identity is not None:
+            left = self.starting_by[identity] - 1
+            if left:
+                self.starting_by[identity] = left
+            else:
+                del self.starting_by[identity]
+
+    def _add(self, feed: Feed, last_event_id: str | None) -> Watcher:
+        """The watcher, on a feed in sync. Nothing awaits here: the snapshot and the first
+        notice after it meet in this watcher's queue in order. The watcher starts at the
+        feed's head: frames already sent out are in the state it is shown."""
         watcher = Watcher(self.buffer_bytes)
         if last_event_id != feed.event_id:
             watcher.push(feed.snapshot_frame(resync=last_event_id is not None))
@@ -543,7 +623,7 @@ class Feeds:
     def leave(self, channel: str, watcher: Watcher) -> None:
         feed = self.feeds.get(channel)
         if feed is not None:
-            feed.watchers.discard(watcher)
+            feed.remove(watcher)
             self.release(feed)
 
     def release(self, feed: Feed) -> None:
@@ -553,6 +633,7 @@ class Feeds:
         del self.feeds[feed.channel]
         TALLY.watched_groups -= 1
         feed._out_of_sync()
+        feed.forget()
         if self._subscriber is not None:
             self._subscriber.unsubscribe(feed.channel)
 
@@ -614,6 +695,7 @@ class Feeds:
                 await self._heartbeat
         for feed in self.feeds.values():
             feed._out_of_sync()
+            feed.forget()
         TALLY.watched_groups -= len(self.feeds)
         self.feeds.clear()
         if self._subscriber is not None:

@@ -204,11 +204,8 @@ class _Link:
         self.channels.discard(channel)
         if self.writer is not None:
             self._command(False, channel)
-        if not self.channels:
-            self.closed = True
-            if self.owner.links.get(self.address) is self:
-                del self.owner.links[self.address]
-            self.task.cancel()
+        # A link left with no channel stays open (PINGed like any other): a client that
+        # watches and leaves in a loop would otherwise cost Redis a new connection each time.
 
     def fail(self, why: str) -> None:
         if not self.task.done():
