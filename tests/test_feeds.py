@@ -15,7 +15,8 @@ import pytest
 
 from service.errors import ErrorCode, ServiceError
 from service.live import feeds as feeds_module
-from service.live.feeds import Feeds, Watcher
+from service.live.feeds import Feeds
+from service.live.watcher import Watcher
 from service.ops.metrics import Tally
 from service.storage.scripts import ScriptCall
 from service.storage.store import Store

@@ -1,5 +1,5 @@
 """The layout shows the architecture: `service/` in packages by capability whose imports
-only run downward and no import cycle.
+only run downward, no import cycle, and no file a reader needs a table of contents for.
 
     service.__main__                         the command line
     service.app                              the ASGI app: wires everything
@@ -28,6 +28,9 @@ import pytest
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 SERVICE: Final = ROOT / "service"
+MAX_LINES: Final = 600
+# The bench driver and the load-test kit are read like the service: the same bound.
+LONG_FILE_ROOTS: Final = (SERVICE, ROOT / "tests" / "bench", ROOT / "deploy" / "loadtest")
 LAYERS: Final = (
     ("service.__main__",),
     ("service.app",),
@@ -140,3 +143,13 @@ def test_the_architecture_note_matches_the_tree() -> None:
     named = set(re.findall(r"\b([a-z_]+\.py)\b", note))
     existing = {path.name for path in SERVICE.rglob("*.py")}
     assert named <= existing, f"docs/architecture.md names files that are gone: {named - existing}"
+
+
+@pytest.mark.parametrize("root", LONG_FILE_ROOTS, ids=lambda root: str(root.relative_to(ROOT)))
+def test_no_file_is_longer_than_a_reader_holds(root: Path) -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted(root.rglob("*.py"))
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"files over {MAX_LINES} lines: split them by job"

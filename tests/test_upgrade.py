@@ -377,7 +377,7 @@ def test_upgrade_reports_conflicts_with_exit_code_1(topology: Topology, tmp_path
     result = _cli("upgrade", "--config", str(_config(tmp_path, topology.url)))
     assert result.returncode == 1, result
     assert "CONFLICT" in result.stdout
-    assert "marker was not written" in result.stderr
+    assert "marker was not changed" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["import", "export"])
