@@ -114,6 +114,17 @@ def test_timsdk_unchanged_runs_every_command_over_https_against_the_service(clie
     assert gone["ErrorCode"] == 10010
 
 
+def test_timsdk_lists_the_apps_groups_with_the_get_it_sends(client: Any) -> None:
+    """timsdk sends get_appid_group_list as a GET without a body: answered as `{}` would be."""
+    groups = client.group_open_http_svc
+    created = groups.create_group("listed", owner_account=ADMIN)
+    assert created["ErrorCode"] == 0, created
+    listed = groups.get_app_id_group_list()
+    assert (listed["ActionStatus"], listed["ErrorCode"]) == ("OK", 0), listed
+    assert {"GroupId": created["GroupId"]} in listed["GroupIdList"]
+    assert listed["TotalCount"] >= 1
+
+
 def test_timsdk_refuses_the_service_when_it_does_not_trust_the_certificate(
     platform_host_is_the_service: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

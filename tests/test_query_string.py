@@ -84,6 +84,21 @@ def test_get_on_a_command_path_is_60009(seeded: Api) -> None:
     assert_fails_unchanged(seeded, response.json(), 60009, before)
 
 
+def test_get_on_get_appid_group_list_lists_as_a_post_of_an_empty_object_would(seeded: Api) -> None:
+    url = "/v4/group_open_http_svc/get_appid_group_list?" + with_params()
+    by_get = seeded.client.get(url).json()
+    assert by_get["ErrorCode"] == 0, by_get
+    # Every group on one page, as `{}` (no Limit) asks; the seeded group among them.
+    assert by_get["Next"] == 0
+    assert by_get["TotalCount"] == len(by_get["GroupIdList"]) >= 1
+
+
+def test_get_on_get_appid_group_list_with_a_body_reads_it_as_the_post_would(seeded: Api) -> None:
+    url = "/v4/group_open_http_svc/get_appid_group_list?" + with_params()
+    reply = seeded.client.request("GET", url, content=b'{"Limit": "many"}').json()
+    assert reply["ErrorCode"] == 10004, reply
+
+
 def test_missing_sdkappid_is_60012(seeded: Api) -> None:
     before = seeded.state()
     assert_fails_unchanged(seeded, post_query(seeded, with_params(sdkappid=None)), 60012, before)

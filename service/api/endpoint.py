@@ -89,6 +89,12 @@ def _idempotency_key(scope: Scope) -> str | None:
     return None
 
 
+# Commands real SDKs send as a GET (timsdk 1.1.12's get_app_id_group_list, with no body):
+# answered as a POST of their body, or of `{}` when there is none. Every other command
+# and method stays 60009, as on the platform.
+GET_COMMANDS: Final = frozenset({"get_appid_group_list"})
+
+
 class CommandEndpoint:
     def __init__(self, settings: Settings, store: Store, prefix: str) -> None:
         self.prefix_length = len(prefix)
@@ -133,7 +139,8 @@ class CommandEndpoint:
         status = 200
         TALLY.in_flight += 1
         try:
-            if command is None or scope["method"] != "POST":
+            method = scope["method"]
+            if command is None or not (method == "POST" or (method == "GET" and name in GET_COMMANDS)):
                 raise ServiceError(
                     ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['method']} {scope['path']!r}"
                 )
@@ -146,7 +153,10 @@ class CommandEndpoint:
                     await call.limit.count_alone()
             sdkappid = call.app.sdkappid
             try:
-                request = decode_request(command.decode, await read_body(scope, receive, self.max_body_bytes))
+                body = await read_body(scope, receive, self.max_body_bytes)
+                if method == "GET" and not body:
+                    body = b"{}"  # a GET without a body asks with every field absent
+                request = decode_request(command.decode, body)
                 group_id = getattr(request, "group_id", None)
                 call.check_idempotency_key()
                 payload = await _run(command, call, request, receive)
