@@ -45,7 +45,9 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     apps: list[AppConfig]
-    redis_url: str = "memory://"
+    # No default: a config that forgets it must not silently keep every counter in memory,
+    # lost at each restart. The in-memory store is asked for by name: "memory://".
+    redis_url: str | None = None
     redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     redis_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
@@ -64,7 +66,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_url_bytes: Annotated[int, msgspec.Meta(ge=256)] = 8192
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    keepalive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Above the idle timeout of the load balancers in front (ingress-nginx and AWS ALB keep
+    # an idle upstream connection 60 s): closing first would race a request they send on
+    # it, which comes back as a 502 (nginx does not retry a POST). README, Limits.
+    keepalive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 75.0
     send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16384  # 10,000 watchers fit one worker
     max_pipelined: Annotated[int, msgspec.Meta(ge=1)] = 32
@@ -212,6 +217,12 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
             list_rate_limit=app.list_rate_limit,
         )
     redis_url = env.get("REDIS_URL") or config.redis_url
+    if not redis_url:
+        raise ConfigError(
+            "redis_url is not set (nor REDIS_URL): point it at a Redis, e.g. "
+            'redis_url = "redis://host:6379/0", or say redis_url = "memory://" for the '
+            "in-memory store, which keeps nothing across restarts"
+        )
     try:
         urls.parse(redis_url)
     except ValueError as exc:

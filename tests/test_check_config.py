@@ -93,3 +93,21 @@ def test_check_config_connect_on_the_embedded_store_says_there_is_nothing_to_con
     result = check_config(config, "memory://")
     assert result.returncode == 0, result.stderr
     assert "nothing to connect to" in result.stdout
+
+
+def test_check_config_refuses_a_config_that_names_no_store(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(APP)
+    env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "check-config", "--config", str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert "redis_url is not set" in result.stderr
+    assert "Traceback" not in result.stderr

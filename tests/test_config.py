@@ -312,3 +312,29 @@ def test_the_watcher_bounds_have_their_documented_defaults() -> None:
 def test_a_watcher_bound_out_of_its_range_is_an_error_naming_it(line: str) -> None:
     with pytest.raises(ConfigError, match=line.split(" = ")[0]):
         parse_config(config_with(app(), top=f'redis_url = "memory://"\n{line}'), environ={})
+
+
+def test_idle_keep_alive_outlasts_the_load_balancers_in_front_by_default() -> None:
+    """ingress-nginx's upstream-keepalive-timeout and AWS ALB's idle timeout are 60 s: the
+    service must not be the one to close an idle connection first (a POST would get a 502)."""
+    from service.http.protocol import HttpLimits
+
+    config = parse_config(config_with(app()), environ={}).config
+    assert config.keepalive_timeout == 75.0
+    assert config.keepalive_timeout > 60.0
+    assert HttpLimits().keepalive_timeout == config.keepalive_timeout, "one default for both"
+
+
+def test_a_config_without_redis_url_is_refused_rather_than_silently_in_memory() -> None:
+    with pytest.raises(ConfigError, match=r'redis_url is not set.*"memory://"'):
+        parse_config(config_with(app(), top=""), environ={})
+
+
+def test_redis_url_from_the_environment_is_enough() -> None:
+    settings = parse_config(config_with(app(), top=""), environ={"REDIS_URL": "redis://10.0.0.1:6379/0"})
+    assert settings.redis_url == "redis://10.0.0.1:6379/0"
+
+
+def test_the_in_memory_store_is_had_by_asking_for_it() -> None:
+    settings = parse_config(config_with(app(), top='redis_url = "memory://"'), environ={})
+    assert settings.redis_url == "memory://"
