@@ -23,6 +23,8 @@ from service.api.endpoint import CommandEndpoint
 from service.api.listing import MIN_SCAN_COUNT, Budget, ListingBounds, list_page
 from service.app import COMMAND_PREFIX, create_app
 from service.config import Settings, parse_config
+from service.storage.format import CURRENT_FORMAT
+from service.storage.keys import FORMAT_KEY
 from service.storage.store import Store, open_store
 from tests.support import (
     CONFIG,
@@ -48,6 +50,9 @@ def crowded() -> Iterator[RedisServer]:
     """A redis-server with the registered app's GROUPS among FOREIGN_KEYS other keys."""
     server = RedisServer().start()
     client = server.client()
+    # Marked as a served Redis is (`python -m service` marks a new store at its first start):
+    # the groups below are written in this release's format, and a service started on it serves.
+    client.set(FORMAT_KEY, CURRENT_FORMAT)
     client.execute_command("DEBUG", "POPULATE", FOREIGN_KEYS, "other")  # type: ignore[no-untyped-call]
     # Another app's many Public groups: listing its Work groups reads every one's type.
     filler = client.pipeline(transaction=False)

@@ -331,6 +331,7 @@ class RedisPySubscriber:
         self.wanted: set[str] = set()
         self._ops: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self, listener: Listener) -> None:
         self.listener = listener
@@ -355,7 +356,10 @@ class RedisPySubscriber:
 
     async def _run(self) -> None:
         self.pubsub = self.client.pubsub()
-        while True:
+        # Not `while True`: redis-py's get_message(timeout=...) can swallow the task's
+        # cancellation when it lands as its own timeout fires (it then answers None), and
+        # the loop would go on forever, hanging close().
+        while not self._closing:
             while not self._ops.empty():
                 subscribe, channel = self._ops.get_nowait()
                 if subscribe:
@@ -376,6 +380,7 @@ class RedisPySubscriber:
                 self.listener.on_ready(channel)
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
