@@ -104,15 +104,22 @@ image:
 # an SDK with that host fixed verifies it after a DNS override (README, "Use your
 # existing SDK"). CERT_DIR is git-ignored; keys never leave it.
 CERT_DIR ?= certs
+FORCE ?=
 CERT_HOSTS ?= DNS:console.tim.qq.com,DNS:localhost,IP:127.0.0.1
 
-.PHONY: cert  ## A local CA and a server certificate for the platform's host, localhost, 127.0.0.1 in CERT_DIR
+.PHONY: cert  ## A local CA (kept if there; FORCE=1 replaces it) and a server certificate in CERT_DIR
 cert:
 	@command -v openssl >/dev/null 2>&1 || { echo "openssl is missing: apt-get install openssl" >&2; exit 1; }
 	@mkdir -p $(CERT_DIR) && chmod 700 $(CERT_DIR)
-	@openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj '/CN=group-counter local CA' \
-	  -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
-	  -keyout $(CERT_DIR)/ca.key -out $(CERT_DIR)/ca.pem 2>/dev/null
+	@# Clients already trust an existing CA: keep it (a new server certificate is signed by it)
+	@# unless FORCE=1 asks for a new one, which every client must then trust again.
+	@if [ -s $(CERT_DIR)/ca.pem ] && [ -s $(CERT_DIR)/ca.key ] && [ "$(FORCE)" != 1 ]; then \
+	  echo "$(CERT_DIR)/ca.pem: keeping the existing CA (make cert FORCE=1 replaces it)"; \
+	else \
+	  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj '/CN=group-counter local CA' \
+	    -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+	    -keyout $(CERT_DIR)/ca.key -out $(CERT_DIR)/ca.pem 2>/dev/null; \
+	fi
 	@printf '%s\n' 'subjectAltName=$(CERT_HOSTS)' 'extendedKeyUsage=serverAuth' \
 	  'keyUsage=critical,digitalSignature,keyEncipherment' 'basicConstraints=critical,CA:FALSE' \
 	  'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' > $(CERT_DIR)/server.ext

@@ -86,6 +86,35 @@ def app_from_env() -> CommandFirst:
     return create_app(settings, check_storage_format=check_format)
 
 
+def _positive_seconds(text: str) -> int:
+    """--expire: a usersig that is expired at birth is never what was meant."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{seconds} s: a usersig must be valid for at least 1 s")
+    return seconds
+
+
+def _check_tls_files(cert: str, key: str) -> None:
+    """uvicorn would end in a traceback on a missing or wrong file; say which and why."""
+    import ssl
+
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"--tls-cert {cert} with --tls-key {key}: not a PEM certificate and its key ({exc.reason})"
+        ) from None
+
+
 def _pick_app(settings: Settings, sdkappid: int | None) -> App:
     if sdkappid is None:
         return next(iter(settings.apps.values()))
@@ -117,6 +146,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        _check_tls_files(args.tls_cert, args.tls_key)
     if args.metrics_port is not None and args.metrics_port == args.port:
         raise ConfigError("--metrics-port must differ from --port")
     setup_logging(settings.config.log_level, settings.config.log_format)
@@ -403,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     usersig = sub.add_parser("usersig", help="mint a usersig for a configured app")
     usersig.add_argument("--sdkappid", type=int, help="default: the first app in the config")
     usersig.add_argument("--identifier", help="default: the app's first admin (sorted)")
-    usersig.add_argument("--expire", type=int, default=180 * 86400, help="seconds (default 180 days)")
+    usersig.add_argument(
+        "--expire", type=_positive_seconds, default=180 * 86400, help="seconds, above 0 (default 180 days)"
+    )
     check = sub.add_parser("check-config", help="load the config and report problems")
     check.add_argument(
         "--connect", action="store_true", help="also run a script on the configured Redis (REDIS_URL wins)"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
@@ -114,6 +115,15 @@ class Settings(msgspec.Struct, frozen=True):
     redis_url: str
 
 
+# What a secret key left as the README's or a template's placeholder looks like: never a key
+# anyone chose, and a service that starts with one serves usersigs anyone can mint.
+_PLACEHOLDER: Final = re.compile(
+    r"\.{2,}|…|<[^>]*>|\{\{.*\}\}|x{3,}|\*+|(change|replace|fill)[-_ ]?(me|this|it)"
+    r"|(your|my|the|app)?[-_ ]?secret([-_ ]?key)?([-_ ]?here)?|todo|fixme|placeholder",
+    re.IGNORECASE,
+)
+
+
 def _resolve_secret(
     app: AppConfig, index: int, environ: Mapping[str, str], *, previous: bool = False
 ) -> str | None:
@@ -140,6 +150,11 @@ def _resolve_secret(
         return value
     if not value:
         raise ConfigError(f"{where}: missing secret_key (or secret_key_env)")
+    if _PLACEHOLDER.fullmatch(value.strip()):
+        raise ConfigError(
+            f"{where}: secret_key {value!r} is a placeholder: put the app's secret key from the "
+            "platform's console here, or better, in the environment (secret_key_env)"
+        )
     return value
 
 
@@ -154,11 +169,14 @@ def _struct_at(path: str) -> type[msgspec.Struct]:
     return AppConfig if path.startswith("$.apps") else Config
 
 
-def _explain(error: msgspec.ValidationError) -> str:
+def _explain(error: msgspec.ValidationError, at: str = "") -> str:
     """msgspec's message, plus what would have been accepted: a misspelt key's likely
     intended name, an enum's allowed values. People fix a config faster from a list
-    than from the word "invalid"."""
+    than from the word "invalid". `at`: where the value checked sits in the whole (an
+    app checked on its own reports `$...` paths that mean `$.apps[N]...`)."""
     message = str(error)
+    if at:
+        message = message.replace("at `$", f"at `{at}") if " - at `$" in message else f"{message} - at `{at}`"
     if match := _UNKNOWN_FIELD.match(message):
         names = [field.encode_name for field in msgspec.structs.fields(_struct_at(match["path"] or "$"))]
         close = difflib.get_close_matches(match["field"], names, n=1, cutoff=0.6)
@@ -186,47 +204,89 @@ def _check_client_keys(app: AppConfig, index: int) -> None:
         raise ConfigError(f"{where}: client_keys names a Key twice")
 
 
-def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if environ is None else environ
+def _decode(text: str) -> Config:
+    """The config, its top level and each app checked apart, so that one run reports every
+    mistake a type check finds (msgspec stops at the first of one value it converts)."""
     try:
-        config = msgspec.toml.decode(text.encode(), type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc)) from exc
-    except msgspec.DecodeError as exc:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from exc
+    mistakes: list[str] = []
+    raw_apps = raw.get("apps", [])
+    top: dict[str, Any] = {name: value for name, value in raw.items() if name != "apps"}
+    try:
+        msgspec.convert({**top, "apps": []}, Config)
+    except msgspec.ValidationError as exc:
+        mistakes.append(_explain(exc))
+    if isinstance(raw_apps, list):
+        for index, raw_app in enumerate(raw_apps):
+            try:
+                msgspec.convert(raw_app, AppConfig)
+            except msgspec.ValidationError as exc:
+                mistakes.append(_explain(exc, at=f"$.apps[{index}]"))
+    if mistakes:
+        raise ConfigError(_listed(mistakes))
+    try:
+        return msgspec.convert({**raw, "apps": raw_apps}, Config)
+    except msgspec.ValidationError as exc:  # what only the whole shows (apps not a list)
+        raise ConfigError(_explain(exc)) from exc
+
+
+def _listed(mistakes: list[str]) -> str:
+    if len(mistakes) == 1:
+        return mistakes[0]
+    return f"{len(mistakes)} mistakes:\n" + "\n".join(f"  - {mistake}" for mistake in mistakes)
+
+
+def _app(app: AppConfig, index: int, env: Mapping[str, str], apps: dict[int, App]) -> App:
+    if app.sdkappid in apps:
+        raise ConfigError(f"apps[{index}]: duplicate sdkappid {app.sdkappid}")
+    if not app.admins or not all(app.admins):
+        raise ConfigError(
+            f"apps[{index}] (sdkappid {app.sdkappid}): admins must list at least one non-empty identifier"
+        )
+    _check_client_keys(app, index)
+    return App(
+        sdkappid=app.sdkappid,
+        secret_key=_resolve_secret(app, index, env) or "",
+        previous_secret_key=_resolve_secret(app, index, env, previous=True),
+        admins=frozenset(app.admins),
+        implicit_groups=app.groups == "implicit",
+        rate_limit=app.rate_limit,
+        end_users=app.end_users,
+        client_keys=frozenset(app.client_keys),
+        list_rate_limit=app.list_rate_limit,
+    )
+
+
+def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings, or a ConfigError naming every mistake found (one run, all of them)."""
+    env = os.environ if environ is None else environ
+    config = _decode(text)
+    mistakes: list[str] = []
     if not config.apps:
-        raise ConfigError("no [[apps]] configured")
+        mistakes.append("no [[apps]] configured")
     apps: dict[int, App] = {}
     for index, app in enumerate(config.apps):
-        if app.sdkappid in apps:
-            raise ConfigError(f"apps[{index}]: duplicate sdkappid {app.sdkappid}")
-        if not app.admins or not all(app.admins):
-            raise ConfigError(
-                f"apps[{index}] (sdkappid {app.sdkappid}): admins must list at least one non-empty identifier"
-            )
-        _check_client_keys(app, index)
-        apps[app.sdkappid] = App(
-            sdkappid=app.sdkappid,
-            secret_key=_resolve_secret(app, index, env) or "",
-            previous_secret_key=_resolve_secret(app, index, env, previous=True),
-            admins=frozenset(app.admins),
-            implicit_groups=app.groups == "implicit",
-            rate_limit=app.rate_limit,
-            end_users=app.end_users,
-            client_keys=frozenset(app.client_keys),
-            list_rate_limit=app.list_rate_limit,
-        )
+        try:
+            apps[app.sdkappid] = _app(app, index, env, apps)
+        except ConfigError as exc:
+            mistakes.append(str(exc))
     redis_url = env.get("REDIS_URL") or config.redis_url
     if not redis_url:
-        raise ConfigError(
+        mistakes.append(
             "redis_url is not set (nor REDIS_URL): point it at a Redis, e.g. "
             'redis_url = "redis://host:6379/0", or say redis_url = "memory://" for the '
             "in-memory store, which keeps nothing across restarts"
         )
-    try:
-        urls.parse(redis_url)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    else:
+        try:
+            urls.parse(redis_url)
+        except ValueError as exc:
+            mistakes.append(str(exc))
+    if mistakes:
+        raise ConfigError(_listed(mistakes))
+    assert redis_url is not None
     return Settings(config=config, apps=apps, redis_url=redis_url)
 
 

@@ -45,12 +45,12 @@ def app(sdkappid: int = 1400000000, key_line: str = 'secret_key = "k"', extra: s
     return APP.format(sdkappid=sdkappid, key_line=key_line, extra=extra)
 
 
-def test_example_config_of_the_spec_parses() -> None:
-    settings = parse_config(EXAMPLE, environ={})
+def test_example_config_of_the_spec_parses_once_its_key_is_filled_in() -> None:
+    settings = parse_config(EXAMPLE.replace('"..."', '"the-apps-real-key"'), environ={})
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert list(settings.apps) == [1400000000]
     only = settings.apps[1400000000]
-    assert only.secret_key == "..."
+    assert only.secret_key == "the-apps-real-key"
     assert only.admins == frozenset({"administrator"})
     assert not only.implicit_groups
 
@@ -338,3 +338,43 @@ def test_redis_url_from_the_environment_is_enough() -> None:
 def test_the_in_memory_store_is_had_by_asking_for_it() -> None:
     settings = parse_config(config_with(app(), top='redis_url = "memory://"'), environ={})
     assert settings.redis_url == "memory://"
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    ["...", "…", "<your secret key>", "CHANGE_ME", "changeme", "xxxx", "your-secret-key", "{{ key }}"],
+)
+def test_a_placeholder_secret_key_is_refused(placeholder: str) -> None:
+    with pytest.raises(ConfigError, match="is a placeholder"):
+        parse_config(config_with(app(key_line=f'secret_key = "{placeholder}"')), environ={})
+
+
+def test_every_mistake_is_reported_in_one_run() -> None:
+    text = config_with(
+        app(1, extra='groups = "sometimes"'),
+        app(2, key_line='secret_key = "..."'),
+        app(1),
+        app(3, extra="rate_limt = 5"),
+        top='redis_url = "redis+nothing://x"\nredis_timeout = -1',
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, environ={})
+    message = str(raised.value)
+    assert message.startswith("3 mistakes:"), message  # the type checks: top level, apps[0], apps[3]
+    assert "redis_timeout" in message
+    assert "apps[0]" in message
+    assert "sometimes" in message
+    assert "apps[3]" in message
+    assert "did you mean `rate_limit`?" in message
+    fixed_types = (
+        text.replace('groups = "sometimes"', "")
+        .replace("rate_limt = 5", "")
+        .replace("redis_timeout = -1", "")
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(fixed_types, environ={})
+    message = str(raised.value)
+    assert message.startswith("3 mistakes:"), message  # then the rest: a placeholder, a duplicate, the URL
+    assert "placeholder" in message
+    assert "duplicate sdkappid 1" in message
+    assert "redis+nothing" in message

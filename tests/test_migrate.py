@@ -221,3 +221,22 @@ def test_a_source_that_keeps_failing_stops_with_a_checkpoint_to_resume(tmp_path:
     assert result.returncode == 2
     assert b"rerun the same command to resume" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_a_source_that_refuses_the_credentials_says_rerunning_cannot_help(
+    source: ServiceProcess, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        migrate_argv(source, tmp_path / "moved.jsonl"),
+        cwd=REPO,
+        env={**environ(), "SOURCE_SECRET": "not-the-apps-key"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "70009" in stderr
+    assert "rerunning the same command cannot help" in stderr
+    assert "rerun the same command to resume" not in stderr
+    assert "Traceback" not in stderr

@@ -203,7 +203,8 @@ def migrate_command(
     try:
         checkpoint = asyncio.run(migrate(source, out_path, progress))
     except MigrationError as exc:
-        print(f"migration stopped: {exc}\nrerun the same command to resume", file=sys.stderr)
+        hint = "rerun the same command to resume" if exc.rerun_helps else "fix them, then rerun to resume"
+        print(f"migration stopped: {exc}\n{hint}", file=sys.stderr)
         return Exit.COULD_NOT_RUN
     except KeyboardInterrupt:
         # Everything up to the last checkpoint is on disk; what came after is redone.

@@ -110,7 +110,27 @@ spool_decoder: Final = msgspec.json.Decoder(tuple[str, str])
 
 
 class MigrationError(Exception):
-    """The run cannot go on; its checkpoint is saved, and rerunning resumes it."""
+    """The run cannot go on; its checkpoint is saved. Rerunning resumes it, unless
+    `rerun_helps` is false: the source refused the credentials, which a rerun sends again."""
+
+    def __init__(self, message: str, *, rerun_helps: bool = True) -> None:
+        super().__init__(message)
+        self.rerun_helps = rerun_helps
+
+
+# What the source answers when it does not take the credentials: the app (60006), the
+# identifier (60010, not an admin) or the usersig made from the secret key (70xxx).
+CREDENTIAL_CODES: Final = frozenset({60006, 60010, 70001, 70002, 70003, 70009, 70013, 70014})
+
+
+def refused(what: str, code: int, info: str) -> MigrationError:
+    if code in CREDENTIAL_CODES:
+        return MigrationError(
+            f"{what}: {code} {info}: the source does not take these credentials (--sdkappid, "
+            "--identifier, the secret key in --secret-key-env); rerunning the same command cannot help",
+            rerun_helps=False,
+        )
+    return MigrationError(f"{what}: {code} {info}")
 
 
 class Pacer:
@@ -421,7 +441,7 @@ async def list_groups(
                     print(f"the source lists no {group_type} groups ({code}); skipped", file=source.log)
                 next_value = 0
             elif code != 0:
-                raise MigrationError(f"{what}: {code} {shown(reply.envelope.error_info)}")
+                raise refused(what, code, shown(reply.envelope.error_info))
             else:
                 try:
                     page = reply.decode(list_decoder)
@@ -461,7 +481,7 @@ async def _fetch(source: Source, group_type: str, group_id: str) -> GroupLine | 
         return GroupLine(0, group_id, "Community", [])
     if code != 0:
         info = reply.envelope.error_info if reply.envelope is not None else ""
-        raise MigrationError(f"get_group_counter {shown(group_id)}: {code} {shown(info)}")
+        raise refused(f"get_group_counter {shown(group_id)}", code, shown(info))
     try:
         counters = reply.decode(counter_decoder).group_counter or []
     except Malformed as exc:
