@@ -26,6 +26,19 @@ class ConfigError(Exception):
     """The config cannot run; the message says what to fix."""
 
 
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+class ClientKey(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A Key end users may change, by at most `min`..`max` per call (the signed change:
+    an Increase of v is +v, a Decrease of v is -v). A bare Key name means -1..1."""
+
+    key: str
+    min: Annotated[int, msgspec.Meta(ge=INT64_MIN, le=0)] = -1
+    max: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] = 1
+
+
 class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sdkappid: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
     admins: list[str]
@@ -39,7 +52,8 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # End users: any identifier with a valid usersig of the app may read counters and
     # Increase or Decrease the `client_keys` (docs/API.md, "End users"). Off by default.
     end_users: bool = False
-    client_keys: list[str] = msgspec.field(default_factory=list)
+    # Each a Key name (changed by -1..1 per call) or {key, min, max}.
+    client_keys: list[str | ClientKey] = msgspec.field(default_factory=list)
     # get_appid_group_list calls per second: the platform allows one (docs/API.md §2).
     list_rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 1
 
@@ -105,7 +119,8 @@ class App(msgspec.Struct, frozen=True):
     rate_limit: int
     previous_secret_key: str | None = None
     end_users: bool = False
-    client_keys: frozenset[str] = frozenset()
+    # Key -> (min, max): the signed change an end user may make to it in one call.
+    client_keys: dict[str, tuple[int, int]] = msgspec.field(default_factory=dict)
     list_rate_limit: int = 1
 
 
@@ -165,7 +180,10 @@ _BAD_ENUM: Final = re.compile(r"Invalid enum value .* - at `(?P<path>[^`]+)`")
 
 
 def _struct_at(path: str) -> type[msgspec.Struct]:
-    """The config Struct a msgspec error path points into: `$` or `$.apps[N]`."""
+    """The config Struct a msgspec error path points into: `$`, `$.apps[N]` or one of its
+    `client_keys` entries."""
+    if ".client_keys[" in path:
+        return ClientKey
     return AppConfig if path.startswith("$.apps") else Config
 
 
@@ -193,15 +211,19 @@ def _explain(error: msgspec.ValidationError, at: str = "") -> str:
     return message
 
 
-def _check_client_keys(app: AppConfig, index: int) -> None:
+def _client_keys(app: AppConfig, index: int) -> dict[str, tuple[int, int]]:
     where = f"apps[{index}] (sdkappid {app.sdkappid})"
     if app.client_keys and not app.end_users:
         raise ConfigError(f"{where}: client_keys is for end users: set end_users = true too")
-    for key in app.client_keys:
+    bounds: dict[str, tuple[int, int]] = {}
+    for entry in app.client_keys:
+        key, low, high = (entry, -1, 1) if isinstance(entry, str) else (entry.key, entry.min, entry.max)
         if not 0 < len(key.encode()) <= 128:
             raise ConfigError(f"{where}: client_keys: {key!r} is not a Key (1 to 128 bytes of UTF-8)")
-    if len(set(app.client_keys)) != len(app.client_keys):
-        raise ConfigError(f"{where}: client_keys names a Key twice")
+        if key in bounds:
+            raise ConfigError(f"{where}: client_keys names a Key twice")
+        bounds[key] = (low, high)
+    return bounds
 
 
 def _decode(text: str) -> Config:
@@ -245,7 +267,7 @@ def _app(app: AppConfig, index: int, env: Mapping[str, str], apps: dict[int, App
         raise ConfigError(
             f"apps[{index}] (sdkappid {app.sdkappid}): admins must list at least one non-empty identifier"
         )
-    _check_client_keys(app, index)
+    client_keys = _client_keys(app, index)
     return App(
         sdkappid=app.sdkappid,
         secret_key=_resolve_secret(app, index, env) or "",
@@ -254,7 +276,7 @@ def _app(app: AppConfig, index: int, env: Mapping[str, str], apps: dict[int, App
         implicit_groups=app.groups == "implicit",
         rate_limit=app.rate_limit,
         end_users=app.end_users,
-        client_keys=frozenset(app.client_keys),
+        client_keys=client_keys,
         list_rate_limit=app.list_rate_limit,
     )
 

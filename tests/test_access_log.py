@@ -33,7 +33,7 @@ from tests.support import (
     stop_process,
 )
 
-FIELDS: Final = ("request_id", "command", "sdkappid", "group_id", "error_code", "latency_ms")
+FIELDS: Final = ("request_id", "command", "sdkappid", "identifier", "group_id", "error_code", "latency_ms")
 # The text line's timestamp, in local time as `logging` writes asctime.
 TEXT_TIME: Final = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 

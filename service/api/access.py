@@ -95,7 +95,7 @@ class Access:
             previous_keys={sdkappid: app.previous_secret_key for sdkappid, app in apps.items()},
             clock=clock,
         )
-        self._cache: dict[_Key, tuple[Principal, int]] = {}
+        self._cache: dict[_Key, tuple[Principal, str, int]] = {}
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
         self._bytes = 0
@@ -107,6 +107,10 @@ class Access:
 
     def authorize(self, query_string: bytes) -> Principal:
         """The checks of docs/API.md §6 from the query string to the admin check, in order."""
+        return self.caller(query_string)[0]
+
+    def caller(self, query_string: bytes) -> tuple[Principal, str]:
+        """`authorize`'s principal and the identifier the call names (for the access log)."""
         known = self._cache.get(query_string)
         key: tuple[bytes, bytes] | None = None
         if known is None:
@@ -114,9 +118,9 @@ class Access:
             if key is not None:
                 known = self._cache.get(key)
         if known is not None:
-            if self._clock() > known[1]:
+            if self._clock() > known[2]:
                 raise ServiceError(ErrorCode.USERSIG_EXPIRED, "usersig has expired")
-            return known[0]
+            return known[0], known[1]
         caller = parse_query(query_string, self._apps)
         expires_at = self._verifier.verify(caller.usersig, caller.app.sdkappid, caller.identifier)
         principal: Principal = caller.app
@@ -126,12 +130,12 @@ class Access:
                     ErrorCode.NOT_ADMIN, f"identifier {caller.identifier!r} is not an admin of the app"
                 )
             principal = EndUser(caller.app, caller.identifier)
-        self._remember(bytes(query_string), principal, expires_at)
+        self._remember(bytes(query_string), principal, caller.identifier, expires_at)
         if key is not None:
-            self._remember(key, principal, expires_at)
-        return principal
+            self._remember(key, principal, caller.identifier, expires_at)
+        return principal, caller.identifier
 
-    def _remember(self, key: _Key, principal: Principal, expires_at: int) -> None:
+    def _remember(self, key: _Key, principal: Principal, identifier: str, expires_at: int) -> None:
         cost = _cost(key)
         if cost > self._cache_bytes:
             return
@@ -140,5 +144,5 @@ class Access:
             oldest = next(iter(cache))  # dicts keep insertion order: the oldest goes first
             del cache[oldest]
             self._bytes -= _cost(oldest)
-        cache[key] = (principal, expires_at)
+        cache[key] = (principal, identifier, expires_at)
         self._bytes += cost

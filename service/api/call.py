@@ -47,18 +47,28 @@ class Call:
                 ErrorCode.INVALID_PARAMETER, "Idempotency-Key must be 1 to 128 printable ASCII characters"
             )
 
-    def check_end_user_update(self, mode: str, keys: list[str]) -> None:
-        """An end user may only Increase or Decrease the app's `client_keys` (60010)."""
+    def check_end_user_update(self, mode: str, changes: list[tuple[str, int]]) -> None:
+        """An end user may only Increase or Decrease the app's `client_keys`, each by no
+        more than its bounds per call (60010), so a usersig of the app cannot set a
+        "likes" counter to anything."""
         if self.end_user is None:
             return
         if mode not in ("Increase", "Decrease"):
             raise ServiceError(
                 ErrorCode.NOT_ADMIN, f"Mode {mode} needs an admin; end users may Increase or Decrease"
             )
-        for key in keys:
-            if key not in self.app.client_keys:
+        for key, value in changes:
+            bounds = self.app.client_keys.get(key)
+            if bounds is None:
                 raise ServiceError(
                     ErrorCode.NOT_ADMIN, f"Key {key!r} is not one the app lets end users change"
+                )
+            change = value if mode == "Increase" else -value
+            low, high = bounds
+            if not low <= change <= high:
+                raise ServiceError(
+                    ErrorCode.NOT_ADMIN,
+                    f"an end user may change Key {key!r} by {low:+d} to {high:+d} per call, not {change:+d}",
                 )
 
     async def count_end_user(self, *, writes: bool) -> None:

@@ -144,7 +144,7 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
     _check_implicit_community(call.app, group_id)
 
     mode = request.mode or "Set"
-    call.check_end_user_update(mode, [item.key for item in items])
+    call.check_end_user_update(mode, [(item.key, item.value) for item in items])
     operation = "set" if mode == "Set" else "add"
     pairs: list[ScriptArg] = []
     for key, item in zip(keys, items, strict=True):

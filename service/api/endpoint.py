@@ -134,6 +134,7 @@ class CommandEndpoint:
         name: str = scope["path"][self.prefix_length :]
         command = COMMANDS.get(name)
         sdkappid: int | None = None
+        identifier: str | None = None
         group_id: str | None = None
         code = ErrorCode.OK
         status = 200
@@ -144,7 +145,7 @@ class CommandEndpoint:
                 raise ServiceError(
                     ErrorCode.UNKNOWN_COMMAND, f"unknown command path {scope['method']} {scope['path']!r}"
                 )
-            principal = self.access.authorize(scope["query_string"])
+            principal, identifier = self.access.caller(scope["query_string"])
             if isinstance(principal, EndUser):
                 call = await self._end_user_call(name, principal, scope)
             else:
@@ -196,4 +197,4 @@ class CommandEndpoint:
         elapsed = time.perf_counter() - started
         label = name if command is not None else "unknown"
         TALLY.call(label, code, elapsed)
-        ACCESS.call(request_id, label, sdkappid, group_id, code, elapsed)
+        ACCESS.call(request_id, label, sdkappid, group_id, code, elapsed, identifier)

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Message, Receive, Scope, Send
 
-from service.api.access import Access, EndUser
+from service.api.access import Access, EndUser, Principal
 from service.api.call import Call
 from service.api.endpoint import RequestIds, send_reply
 from service.api.validate import COMMUNITY_PREFIX, check_group_id
@@ -109,11 +109,10 @@ class WatchEndpoint:
             max_joins_per_identity=config.max_watch_joins_per_end_user,
         )
 
-    async def authorize(self, query_string: bytes) -> Call:
+    async def authorize(self, principal: Principal) -> Call:
         """Who may watch: an admin of the app, or an end user where the app allows them
         (docs/API.md, "End users"); a watch counts once against the app's rate limit and,
         for an end user, as one of their reads."""
-        principal = self.access.authorize(query_string)
         if isinstance(principal, EndUser):
             call = Call(self.store, principal.app, end_user=principal.identifier)
             await call.count_end_user(writes=False)
@@ -125,6 +124,7 @@ class WatchEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         sdkappid: int | None = None
+        identifier: str | None = None
         group_id: str | None = None
         code = ErrorCode.OK
         request_id = self.request_ids(scope)
@@ -136,7 +136,8 @@ class WatchEndpoint:
                 )
             if not self.live:
                 raise ServiceError(ErrorCode.UNKNOWN_COMMAND, f"{COMMAND} is off (live_counters = false)")
-            call = await self.authorize(scope["query_string"])
+            principal, identifier = self.access.caller(scope["query_string"])
+            call = await self.authorize(principal)
             app = call.app
             sdkappid = app.sdkappid
             group_id = _group_id(scope["query_string"])
@@ -155,20 +156,20 @@ class WatchEndpoint:
             self._let_go(identity)
             code = exc.code
             await _refuse(send, exc, request_id)
-            self._log(request_id, sdkappid, group_id, code, started)
+            self._log(request_id, sdkappid, identifier, group_id, code, started)
             return
         except Exception:
             self._let_go(identity)
             log.exception("unexpected fault in %s", COMMAND)
             code = ErrorCode.INTERNAL
             await _refuse(send, ServiceError(code, "internal error"), request_id)
-            self._log(request_id, sdkappid, group_id, code, started)
+            self._log(request_id, sdkappid, identifier, group_id, code, started)
             return
         except BaseException:  # cancelled (shutdown): the end user's count stays right
             self._let_go(identity)
             raise
 
-        self._log(request_id, sdkappid, group_id, code, started)
+        self._log(request_id, sdkappid, identifier, group_id, code, started)
         gone = asyncio.ensure_future(_disconnected(receive))
         gone.add_done_callback(lambda _: watcher.end())
         TALLY.watchers += 1
@@ -220,11 +221,17 @@ class WatchEndpoint:
             del self.held[identity]
 
     def _log(
-        self, request_id: bytes, sdkappid: int | None, group_id: str | None, code: int, started: float
+        self,
+        request_id: bytes,
+        sdkappid: int | None,
+        identifier: str | None,
+        group_id: str | None,
+        code: int,
+        started: float,
     ) -> None:
         elapsed = time.perf_counter() - started
         TALLY.call(COMMAND, code, elapsed)
-        ACCESS.call(request_id, COMMAND, sdkappid, group_id, code, elapsed)
+        ACCESS.call(request_id, COMMAND, sdkappid, group_id, code, elapsed, identifier)
 
     async def close(self) -> None:
         await self.feeds.close()

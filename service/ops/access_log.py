@@ -48,6 +48,9 @@ class _Line(msgspec.Struct, gc=False):
     request_id: str
     command: str
     sdkappid: int | None
+    # Who called (the query's identifier, once authenticated): an end user's changes are
+    # traceable to the end user.
+    identifier: str | None
     group_id: str | None
     error_code: int
     latency_ms: float
@@ -109,12 +112,15 @@ class AccessLog:
         group_id: str | None,
         code: int,
         elapsed: float,
+        identifier: str | None = None,
     ) -> None:
         """Log one call, if the level lets INFO through; written within FLUSH_SECONDS."""
         if not _LOGGER.isEnabledFor(logging.INFO):
             return
         if group_id is not None and len(group_id) > MAX_FIELD_CHARS:
             group_id = bounded(group_id)
+        if identifier is not None and len(identifier) > MAX_FIELD_CHARS:
+            identifier = bounded(identifier)
         latency_ms = round(elapsed * 1_000_000) / 1000  # round(x, 3), at a fraction of its cost
         code = int(code)  # an ErrorCode writes as its number in both formats
         buffer = self._buffer
@@ -128,6 +134,7 @@ class AccessLog:
                 request_id.decode(),
                 command,
                 sdkappid,
+                identifier,
                 group_id,
                 code,
                 latency_ms,
@@ -137,7 +144,8 @@ class AccessLog:
         else:
             buffer += (
                 f"{self._clock()} INFO service.access: call request_id={escaped(request_id.decode())} "
-                f"command={escaped(command)} sdkappid={sdkappid} group_id={escaped(str(group_id))} "
+                f"command={escaped(command)} sdkappid={sdkappid} identifier={escaped(str(identifier))} "
+                f"group_id={escaped(str(group_id))} "
                 f"error_code={code} latency_ms={latency_ms}\n"
             ).encode()
         if len(buffer) >= _PIPE_BUF:
