@@ -7,7 +7,9 @@ call fails, so every check runs before the single HSET at the end.
 Why limbs: a Lua number is a double, exact only to 2^53. A counter value stays a
 decimal string; for Increase/Decrease it is split into a high and a low limb of
 at most 10 and 9 digits, each exact as a double, added with carry, range-checked
-against int64, and formatted back to a string. Set does no arithmetic at all.
+against int64, and formatted back to a string. Two operands of at most 15 characters
+(below 10^15, so their sum is below 2^53) skip the limbs: a double is exact there.
+Set does no arithmetic at all.
 
 Why an epoch: an Idempotency-Key's record belongs to one life of the group. The
 group's hash holds a random epoch (field 0xFE) from its first call with a key; a
@@ -87,6 +89,12 @@ local function split(s)
 end
 
 local function add(a, b)
+  -- The common case, small counters: two operands of at most 15 characters (sign
+  -- included) are below 10^15 in magnitude, so their sum is below 2^53 and a double adds
+  -- and prints it exactly; the limbs are only for operands near the int64 edges.
+  if #a <= 15 and #b <= 15 then
+    return string.format("%.0f", tonumber(a) + tonumber(b))
+  end
   local a_hi, a_lo = split(a)
   local b_hi, b_lo = split(b)
   local hi, lo = a_hi + b_hi, a_lo + b_lo

@@ -385,7 +385,21 @@ INT64S: Final = st.one_of(
     st.sampled_from([INT64_MIN, INT64_MAX, 0, -1, 1]),
     *(
         _near(p).filter(lambda v: INT64_MIN <= v <= INT64_MAX)
-        for p in (0, 10**9, -(10**9), 2**53, -(2**53), INT64_MAX, INT64_MIN)
+        # ... and either side of the fast path's bound (15 characters: 10^15, and -10^14
+        # whose sign makes 16), where the double path hands over to the limbs.
+        for p in (
+            0,
+            10**9,
+            -(10**9),
+            10**14,
+            -(10**14),
+            10**15,
+            -(10**15),
+            2**53,
+            -(2**53),
+            INT64_MAX,
+            INT64_MIN,
+        )
     ),
     st.integers(-(10**12), 10**12),
 )
@@ -398,3 +412,18 @@ def test_update_counters_equals_python_addition_or_overflows_exactly_outside_int
     real_redis: redis.Redis, old: int | None, amount: int
 ) -> None:
     assert add_reply(real_redis, old, amount) == expected_reply(old, amount)
+
+
+@pytest.fixture(scope="module")
+def embedded_lua() -> redis.Redis:
+    """The embedded store's Lua (fakeredis on lupa), whose numbers may differ from Redis's."""
+    client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return client
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(old=st.none() | INT64S, amount=AMOUNTS)
+def test_the_embedded_stores_lua_adds_as_exactly_as_redis(
+    embedded_lua: redis.Redis, old: int | None, amount: int
+) -> None:
+    assert add_reply(embedded_lua, old, amount) == expected_reply(old, amount)

@@ -1,0 +1,123 @@
+"""Redis time per update: update_counters.lua at a git ref against the one in the tree,
+side by side on one redis-server of its own, with a bare HINCRBY pair as the floor.
+
+    .venv/bin/python -m tests.bench.script_cost [--ref HEAD~1] [--calls 20000] [--rounds 5]
+
+Each round runs, in turn, `--calls` Increase-by-1 calls of two Keys (a like counter's
+call) through each script, on spread groups and on one hot group, and the same count of
+pipelined HINCRBY pairs; Redis's own time per call comes from INFO commandstats (the
+script commands' usec, after CONFIG RESETSTAT). Medians over the rounds, and each
+script's ratio to the HINCRBY pair in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import redis
+
+from service.storage.scripts import UPDATE_COUNTERS
+from tests.support import RedisServer
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+BATCH: Final = 256
+
+
+def source_at(ref: str) -> str:
+    """update_counters.lua as service/storage/scripts.py assembled it at `ref`."""
+
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+
+    names = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{ref}:lua/include"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    source = show("lua/update_counters.lua")
+    header_end = source.index("]]\n") + 3
+    shared = "".join(show(f"lua/include/{name}") for name in sorted(names) if name.endswith(".lua"))
+    return source[:header_end] + shared + source[header_end:]
+
+
+def usec_of(client: redis.Redis, commands: tuple[str, ...], run: Callable[[], None]) -> float:
+    client.config_resetstat()
+    run()
+    stats = client.info("commandstats")
+    return sum(float(stats[f"cmdstat_{name}"]["usec"]) for name in commands if f"cmdstat_{name}" in stats)
+
+
+def script_calls(client: redis.Redis, sha: str, calls: int, hot: bool) -> Callable[[], None]:
+    def run() -> None:
+        pipe = client.pipeline(transaction=False)
+        for i in range(calls):
+            group = "{1400000000:hot}" if hot else f"{{1400000000:g{i % 10_000}}}"
+            pipe.evalsha(
+                sha, 3, group, group, group, "0", "0", "", "t0k3n", "", "", "add", "like", 1, "gift", 1
+            )
+            if i % BATCH == BATCH - 1:
+                pipe.execute()
+        pipe.execute()
+
+    return run
+
+
+def hincrby_pairs(client: redis.Redis, calls: int) -> Callable[[], None]:
+    def run() -> None:
+        pipe = client.pipeline(transaction=False)
+        for i in range(calls):
+            group = f"{{bare:g{i % 10_000}}}"
+            pipe.hincrby(group, "like", 1)
+            pipe.hincrby(group, "gift", 1)
+            if i % BATCH == BATCH - 1:
+                pipe.execute()
+        pipe.execute()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.script_cost")
+    parser.add_argument("--ref", default="HEAD~1", help="the git ref of the script to compare with")
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    server = RedisServer().start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        scripts = {
+            args.ref: client.script_load(source_at(args.ref)),
+            "tree": client.script_load(UPDATE_COUNTERS.source),
+        }
+        rows: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            bare = usec_of(client, ("hincrby",), hincrby_pairs(client, args.calls)) / args.calls
+            rows.setdefault("HINCRBY pair", []).append(bare)
+            for name, sha in scripts.items():
+                for hot in (False, True):
+                    label = f"{name}, {'one hot group' if hot else 'spread groups'}"
+                    usec = (
+                        usec_of(client, ("evalsha",), script_calls(client, sha, args.calls, hot)) / args.calls
+                    )
+                    rows.setdefault(label, []).append(usec)
+                    rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
+        print(
+            f"Redis us per call, median of {args.rounds} rounds of {args.calls} calls (2 Keys, Increase 1):"
+        )
+        for label, values in rows.items():
+            print(f"  {label:<45} {statistics.median(values):8.2f}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
