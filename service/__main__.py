@@ -22,7 +22,8 @@ import socket
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from service.api.auth import mint_usersig
 from service.config import App, ConfigError, Settings, load_config
@@ -34,6 +35,7 @@ from service.storage.store import EMBEDDED_URL
 
 if TYPE_CHECKING:
     from service.app import CommandFirst
+    from service.storage.store import Store
 
 CONFIG_ENV: Final = "SERVICE_CONFIG"
 # --metrics-port reaches uvicorn's worker processes through these, as the config path does.
@@ -187,6 +189,29 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+T = TypeVar("T")
+
+
+def _on_store(
+    settings: Settings, work: Callable[[Store], Awaitable[T]], *, timeout: float | None = None
+) -> T:
+    """`work` on a store of its own, opened and closed around it, in an event loop of its own."""
+    import asyncio
+
+    from service.storage.store import open_store
+
+    async def run() -> T:
+        store = open_store(
+            settings.redis_url, timeout=timeout or settings.config.redis_timeout, max_pending=64
+        )
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def _check_format_before_serving(settings: Settings) -> int | None:
     """The exit code when the data in Redis is in a format this release must not serve.
     A Redis that does not answer now is no reason to stop: the workers check once it does."""
@@ -194,20 +219,17 @@ def _check_format_before_serving(settings: Settings) -> int | None:
 
     from service.errors import ServiceError
     from service.storage.format import EXIT_WRONG_FORMAT, StorageFormatError, check_format
-    from service.storage.store import open_store
 
     if settings.redis_url == EMBEDDED_URL:
         return None  # new and empty at every start
 
-    async def check() -> None:
-        store = open_store(settings.redis_url, timeout=settings.config.redis_timeout, max_pending=64)
-        try:
-            await asyncio.wait_for(check_format(store), timeout=max(5.0, 3 * settings.config.redis_timeout))
-        finally:
-            await store.close()
+    async def check(store: Store) -> int:
+        return await asyncio.wait_for(
+            check_format(store), timeout=max(5.0, 3 * settings.config.redis_timeout)
+        )
 
     try:
-        asyncio.run(check())
+        _on_store(settings, check)
     except StorageFormatError as exc:
         logging.getLogger("service").critical("refusing to serve: %s", exc)
         return EXIT_WRONG_FORMAT
@@ -220,12 +242,10 @@ def _check_format_before_serving(settings: Settings) -> int | None:
 
 
 def _upgrade(settings: Settings, dry_run: bool, *, downgrade: bool = False) -> int:
-    import asyncio
 
     from service.errors import ServiceError
     from service.storage.downgrade import Downgrade
     from service.storage.format import CURRENT_FORMAT, StorageFormatError, read_format
-    from service.storage.store import open_store
     from service.storage.upgrade import Upgrade, UpgradeReport, describe_release
 
     what = "downgrade" if downgrade else "upgrade"
@@ -243,16 +263,12 @@ def _upgrade(settings: Settings, dry_run: bool, *, downgrade: bool = False) -> i
             flush=True,
         )
 
-    async def run() -> tuple[int | None, UpgradeReport]:
-        store = open_store(settings.redis_url, timeout=max(settings.config.redis_timeout, 5.0))
-        try:
-            held = await read_format(store)
-            return held, await walk(store, dry_run=dry_run, progress=progress).run()
-        finally:
-            await store.close()
+    async def run(store: Store) -> tuple[int | None, UpgradeReport]:
+        held = await read_format(store)
+        return held, await walk(store, dry_run=dry_run, progress=progress).run()
 
     try:
-        held, report = asyncio.run(run())
+        held, report = _on_store(settings, run, timeout=max(settings.config.redis_timeout, 5.0))
     except StorageFormatError as exc:
         print(f"{what} refused: {exc}", file=sys.stderr)
         return 2
@@ -362,7 +378,6 @@ def _check_connection(settings: Settings) -> int:
 
 def _check_storage_format(settings: Settings) -> int:
     """check-config --connect: whether this release may serve the data, without marking it."""
-    import asyncio
 
     from service.errors import ServiceError
     from service.storage.format import (
@@ -372,18 +387,13 @@ def _check_storage_format(settings: Settings) -> int:
         holds_any_group,
         read_format,
     )
-    from service.storage.store import open_store
 
-    async def inspect() -> tuple[int | None, bool]:
-        store = open_store(settings.redis_url, timeout=settings.config.redis_timeout, max_pending=64)
-        try:
-            held = await read_format(store)
-            return held, (held is None and await holds_any_group(store))
-        finally:
-            await store.close()
+    async def inspect(store: Store) -> tuple[int | None, bool]:
+        held = await read_format(store)
+        return held, (held is None and await holds_any_group(store))
 
     try:
-        held, legacy = asyncio.run(inspect())
+        held, legacy = _on_store(settings, inspect)
     except ServiceError as exc:
         print(f"storage: could not read the format marker: {exc.info}", file=sys.stderr)
         return 1

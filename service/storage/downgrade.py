@@ -55,7 +55,7 @@ class Downgrade(Upgrade):
             )
         if not self.dry_run:
             await write_format(self.store, _FORMAT_1, only_if_absent=False)
-        renames = await self._find_escaped()
+        renames = await self._find_renames()
         await self._strip_records(renames)
         await self._strip_groups()
         await self.rename_all(renames)
@@ -65,23 +65,11 @@ class Downgrade(Upgrade):
             self.report.marker_written = True
         return self.report
 
-    async def _find_escaped(self) -> dict[str, _Rename]:
-        renames: dict[str, _Rename] = {}
-
-        def visit(key: str) -> None:
-            self.report.keys_seen += 1
-            found = legacy_group(key)
-            if found is None:
-                return
-            self.report.groups_seen += 1
-            sdkappid, group_id = found
-            if _ESCAPE.search(group_id):
-                # From the new name (format 2's) to the old (0.1.0's); the walk renames
-                # from `old` to `new`, so here `old` is the name of now.
-                renames[key] = _Rename(key, f"{{{sdkappid}:{_unescaped(group_id)}}}")
-
-        await self._scan(visit)
-        return renames
+    def new_name(self, key: str, sdkappid: int, group_id: str) -> str | None:
+        """0.1.0's key for a group whose escaped name differs from its GroupId."""
+        if not _ESCAPE.search(group_id):
+            return None
+        return f"{{{sdkappid}:{_unescaped(group_id)}}}"
 
     async def _strip_records(self, renames: dict[str, _Rename]) -> None:
         def visit(key: str) -> Awaitable[None] | None:

@@ -178,6 +178,7 @@ class Upgrade:
         await self._drain()
 
     async def _find_renames(self) -> dict[str, _Rename]:
+        """Every group hash whose key name changes (the scan's first pass)."""
         renames: dict[str, _Rename] = {}
 
         def visit(key: str) -> None:
@@ -186,15 +187,20 @@ class Upgrade:
             if found is None:
                 return
             self.report.groups_seen += 1
-            sdkappid, group_id = found
-            if is_format_2_name(group_id):
-                if _ESCAPE.search(group_id):
-                    self.report.ambiguous.append(key)
-                return
-            renames[key] = _Rename(key, group_key(sdkappid, group_id))
+            new = self.new_name(key, *found)
+            if new is not None:
+                renames[key] = _Rename(key, new)
 
         await self._scan(visit)
         return renames
+
+    def new_name(self, key: str, sdkappid: int, group_id: str) -> str | None:
+        """The key a group of the old format gets, or None where it keeps its own."""
+        if is_format_2_name(group_id):
+            if _ESCAPE.search(group_id):
+                self.report.ambiguous.append(key)
+            return None
+        return group_key(sdkappid, group_id)
 
     async def _walk_records(self, renames: dict[str, _Rename]) -> None:
         def visit(key: str) -> Awaitable[None] | None:
