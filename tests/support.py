@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -448,3 +449,39 @@ def access_lines(fmt: Literal["json", "text"] = "json") -> Iterator[Callable[[],
         ACCESS.write = None
         ACCESS.configure("json")
         logger.setLevel(level)
+
+
+def listens(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def make_run(log: Path) -> Iterator[int]:
+    """`make run` on a free port, as a new user starts it (its output in `log`), until it
+    listens; make and the server it starts are stopped together, by group id."""
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                *("make", "--no-print-directory", "-o", ".venv/.installed-run", "run"),
+                *(f"PORT={port}", f"PY={sys.executable}"),
+            ],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not listens(port):
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -19,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, make_run
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DEV_CONFIG: Final = str(ROOT / "deploy" / "config" / "dev.toml")
@@ -97,25 +94,8 @@ def test_make_run_installs_only_the_service_not_the_dev_or_loadtest_tools() -> N
 
 
 def test_make_run_serves_and_its_printed_curl_lines_answer(tmp_path: Path) -> None:
-    port = free_port()
     log = tmp_path / "make-run.log"
-    with log.open("wb") as sink:
-        # Its own session: make and the server it starts are stopped together, by group id.
-        process = subprocess.Popen(
-            [
-                *("make", "--no-print-directory", "-o", ".venv/.installed-run", "run"),
-                *(f"PORT={port}", f"PY={sys.executable}"),
-            ],
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not _answers(port):
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.1)
+    with make_run(log):
         lines = [line for line in log.read_text().splitlines() if line.startswith("curl ")]
         assert lines, log.read_text()
         for line in lines:
@@ -123,17 +103,6 @@ def test_make_run_serves_and_its_printed_curl_lines_answer(tmp_path: Path) -> No
             url, body = words[words.index("-s") + 1], words[words.index("-d") + 1]
             reply = _post(url, body)
             assert (reply["ActionStatus"], reply["ErrorCode"]) == ("OK", 0), (line, reply)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _post(url: str, body: str) -> dict[str, Any]:

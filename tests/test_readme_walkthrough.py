@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.support import free_port
+from tests.support import make_run
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 README: Final = ROOT / "README.md"
@@ -64,39 +62,10 @@ def documented_stream() -> str:
 
 
 @pytest.fixture
-def make_run(tmp_path: Path) -> Iterator[int]:
+def make_run_port(tmp_path: Path) -> Iterator[int]:
     """`make run` on a free port, as a new user starts it; its output in make-run.log."""
-    port = free_port()
-    log = tmp_path / "make-run.log"
-    with log.open("wb") as sink:
-        # Its own session: make and the server it starts are stopped together, by group id.
-        process = subprocess.Popen(
-            [
-                *("make", "--no-print-directory", "-o", ".venv/.installed-run", "run"),
-                *(f"PORT={port}", f"PY={sys.executable}"),
-            ],
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not answers(port):
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.1)
+    with make_run(tmp_path / "make-run.log") as port:
         yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
-def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def shell(line: str, env: dict[str, str]) -> str:
@@ -127,9 +96,9 @@ def events(stream: str) -> list[dict[str, str]]:
 
 
 def test_the_readme_walkthrough_works_pasted_in_order_on_a_fresh_make_run(
-    make_run: int, tmp_path: Path
+    make_run_port: int, tmp_path: Path
 ) -> None:
-    port = make_run
+    port = make_run_port
     env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
 
