@@ -212,10 +212,14 @@ def test_a_burst_beyond_max_watch_joins_is_refused_at_once_and_told_to_retry(tmp
     with service_on_redis(tmp_path, "max_watch_joins = 20\nmax_connections = 4000\n") as small:
         socks = []
         try:
-            for n in range(600):
-                sock = socket.create_connection((HOST, small.port), timeout=15)
-                socks.append(sock)
-                sock.sendall(watch_request(f"distinct-{n}"))
+            # Every connection first, then every request at once: a burst, whatever the
+            # machine's speed (sent as each connects, a fast worker starts each feed
+            # before the next watch arrives, and none ever waits).
+            for _ in range(600):
+                socks.append(socket.create_connection((HOST, small.port), timeout=15))
+            requests = [watch_request(f"distinct-{n}") for n in range(len(socks))]
+            for sock, request in zip(socks, requests, strict=True):
+                sock.sendall(request)
             replies = [watch_reply(sock, 15) for sock in socks]
         finally:
             for sock in socks:
