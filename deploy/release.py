@@ -63,9 +63,11 @@ def bump(old: str, new: str) -> None:
     for path in ("docker-compose.yml", "README.md", "deploy/overlays/dev/kustomization.yaml"):
         _replace(path, tag, f"{IMAGE}:{new}")
     document_path = ROOT / "docs" / "openapi.json"
-    document = json.loads(document_path.read_text())
+    text = document_path.read_text()
+    document = json.loads(text)
     document["info"]["version"] = new
-    document_path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    # Written in the file's own style (its non-ASCII as \u escapes), so the diff is the version.
+    document_path.write_text(json.dumps(document, ensure_ascii=text.isascii(), indent=2) + "\n")
 
 
 def changelog(new: str, day: str) -> None:
