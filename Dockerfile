@@ -38,7 +38,7 @@ COPY --from=builder /opt/venv /opt/venv
 # What build this is: `make image` passes both; VERSION's default is pyproject's version
 # (tests/test_deploy.py checks), so a plain `docker build` labels it right too. The service
 # reads the revision from GROUP_COUNTER_REVISION (--version, the log, group_counter_build_info).
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="group-counter" \
       org.opencontainers.image.description="Self-hosted group counters speaking the hosted chat platform's REST commands, on Redis" \
