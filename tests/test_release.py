@@ -40,6 +40,11 @@ def repo(tmp_path: Path) -> Path:
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
+    # Something to release, whatever the repository's own Unreleased section holds today.
+    changelog = tmp_path / "CHANGELOG.md"
+    changelog.write_text(
+        changelog.read_text().replace("## [Unreleased]\n", "## [Unreleased]\n\n### Fixed\n- A change.\n", 1)
+    )
     git(tmp_path, "init", "--quiet")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "add", ".")
     git(
