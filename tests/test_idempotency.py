@@ -123,3 +123,21 @@ def test_a_malformed_key_is_10004_and_changes_nothing(api: Api, group: str, key:
 
 def test_a_key_of_128_printable_characters_is_accepted(api: Api, group: str) -> None:
     assert _post(api, UPDATE, _increase(group, 1), "k" * 127 + "~")["ErrorCode"] == 0
+
+
+def test_a_record_holds_a_digest_of_the_request_and_the_reply_not_the_request(api: Api, group: str) -> None:
+    """What a record costs stays small whatever the request holds (README, the key table)."""
+    body = {
+        "GroupId": group,
+        "Mode": "Increase",
+        "GroupCounter": [{"Key": "a-long-key-name" * 8, "Value": 5}],
+    }
+    assert _post(api, UPDATE, body, "retry-digest")["ErrorCode"] == 0
+    record = api.inspector.get(group_key(REGISTERED_APP, group) + b":idempotency:retry-digest")
+    assert isinstance(record, bytes)
+    epoch, digest, reply = record.split(b"\n")
+    assert len(epoch) == 16
+    assert len(digest) == 32
+    int(digest, 16)  # hex
+    assert reply == b"5"
+    assert b"a-long-key-name" not in record

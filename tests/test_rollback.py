@@ -9,7 +9,6 @@ counters), which is what the marker and the stop-upgrade-start order are for.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.storage.downgrade import Downgrade
 from service.storage.format import StorageFormatError
 from service.storage.keys import FORMAT_KEY
 from service.storage.store import open_store
@@ -35,6 +33,7 @@ from tests.test_upgrade import (
     _config,
     format_check,
     post_with_key,
+    run_downgrade,
     run_upgrade,
     seed_release_010,
     stored_format,
@@ -43,17 +42,6 @@ from tests.test_upgrade import (
 
 REPO: Final = Path(__file__).resolve().parents[1]
 GROUPS: Final = ("plain", "a%b", "br{ace}", "x}", "edge", "new{g}")
-
-
-def run_downgrade(url: str, *, dry_run: bool = False) -> UpgradeReport:
-    async def run() -> UpgradeReport:
-        store = open_store(url, timeout=5.0)
-        try:
-            return await Downgrade(store, dry_run=dry_run).run()
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.storage.downgrade import Downgrade
 from service.storage.format import CURRENT_FORMAT, StorageFormatError, check_format, read_format
 from service.storage.keys import FORMAT_KEY
 from service.storage.keys import group_key as current_group_key
@@ -31,7 +32,7 @@ from service.storage.upgrade import Upgrade, UpgradeReport
 from tests.releases.v0_1_0 import Release010
 from tests.releases.v0_1_0 import group_key as old_group_key
 from tests.support import CONFIG, IMPLICIT_APP, REGISTERED_APP, Api, RedisServer, ServiceProcess, query
-from tests.topologies import Cluster
+from tests.topologies import Cluster, SentinelSetup
 
 REPO: Final = Path(__file__).resolve().parents[1]
 # GroupIds whose key names changed (an escape) and one that did not.
@@ -107,6 +108,17 @@ def run_upgrade(url: str, *, dry_run: bool = False) -> UpgradeReport:
         store = open_store(url, timeout=5.0)
         try:
             return await Upgrade(store, dry_run=dry_run).run()
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def run_downgrade(url: str, *, dry_run: bool = False) -> UpgradeReport:
+    async def run() -> UpgradeReport:
+        store = open_store(url, timeout=5.0)
+        try:
+            return await Downgrade(store, dry_run=dry_run).run()
         finally:
             await store.close()
 
@@ -391,3 +403,29 @@ def test_import_and_export_refuse_data_of_another_format(
     result = _cli(command, "--config", str(_config(tmp_path, topology.url)), *args)
     assert result.returncode == 2, result
     assert "python -m service upgrade" in result.stderr
+
+
+def test_the_upgrade_and_the_downgrade_run_through_sentinel(settings: Settings) -> None:
+    """Sentinel names the master; the walk and each group's move run there, as on one Redis."""
+    setup = SentinelSetup()
+    try:
+        setup.start()
+        assert setup.master is not None
+        master = setup.master.client()
+        place = Topology(setup.url, master)
+        seeded = seed_release_010(place)
+        report = run_upgrade(setup.url)
+        assert report.marker_written
+        assert report.renamed == len(RENAMED) + 1
+        assert report.records_converted == 3
+        with TestClient(create_app(settings, open_store(setup.url, timeout=5.0))) as client:
+            api = Api(client=client, inspector=master)
+            for (sdkappid, group_id), answer in seeded.answers.items():
+                reply = api.call("get_group_counter", {"GroupId": group_id}, sdkappid=sdkappid)
+                assert {c["Key"]: c["Value"] for c in reply["GroupCounter"]} == answer, group_id
+        back = run_downgrade(setup.url)
+        assert back.marker_written
+        assert Release010(master).get(REGISTERED_APP, "br{ace}") == {"like": 7}
+        master.close()
+    finally:
+        setup.stop()

@@ -17,8 +17,7 @@ import time
 import redis
 
 from tests.support import RedisServer
-from tests.test_rollback import run_downgrade
-from tests.test_upgrade import run_upgrade
+from tests.test_upgrade import run_downgrade, run_upgrade
 
 
 def seed(client: redis.Redis, groups: int, records: int, renamed_every: int) -> None:
