@@ -407,6 +407,9 @@ async def _stall(server: RedisServer, seconds: int, marks: dict[str, float]) -> 
     """DEBUG SLEEP from a client of our own: Redis answers nobody meanwhile."""
     client = server.client(timeout=seconds + 10.0)
     try:
+        # Connected first: redis-py's handshake (CLIENT SETINFO, twice) and the thread's
+        # start would otherwise come between the mark and the sleep.
+        await asyncio.to_thread(client.ping)
         marks["stall"] = now()
         await asyncio.to_thread(client.execute_command, "DEBUG", "SLEEP", str(seconds))
         marks["stall_end"] = now()
