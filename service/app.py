@@ -116,7 +116,10 @@ def create_app(
     publish_build_info(version(), revision())
     config = settings.config
     store = store or open_store(
-        settings.redis_url, timeout=config.redis_timeout, max_pending=config.redis_max_pending
+        settings.redis_url,
+        timeout=config.redis_timeout,
+        max_pending=config.redis_max_pending,
+        ack_wait=config.ack_timeout if config.ack == "replicas" else None,
     )
     store.live = config.live_counters
     readiness = Readiness(store)

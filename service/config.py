@@ -65,6 +65,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     redis_url: str | None = None
     redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     redis_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # When an update is acknowledged (README, "Durability"): "primary", once the master
+    # applied it (a failover in the next moment may lose it); "replicas", once every
+    # replica the master reports holds it too (a WAIT per batch), at most `ack_timeout`
+    # later, else 10002 with Applied "maybe".
+    ack: Literal["primary", "replicas"] = "primary"
+    ack_timeout: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 65536
     usersig_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 65536
     usersig_cache_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 2**20
@@ -303,9 +309,15 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
         )
     else:
         try:
-            urls.parse(redis_url)
+            parsed = urls.parse(redis_url)
         except ValueError as exc:
             mistakes.append(str(exc))
+        else:
+            if parsed.embedded and config.ack == "replicas":
+                mistakes.append(
+                    'ack = "replicas" needs a Redis with replicas; the in-memory store has none '
+                    '(say ack = "primary", or point redis_url at a Redis)'
+                )
     if mistakes:
         raise ConfigError(_listed(mistakes))
     assert redis_url is not None

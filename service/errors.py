@@ -7,6 +7,12 @@ plain-words message. `app.py` is the only place that turns one into the wire env
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Literal
+
+# For a 10002: whether the call may have changed anything. "no": it certainly did not
+# run (safe to send again without an Idempotency-Key); "maybe": it may have (docs/API.md,
+# "Applied"). Other codes never ran a change and carry neither.
+Applied = Literal["no", "maybe"]
 
 
 class ErrorCode(IntEnum):
@@ -37,7 +43,8 @@ class ErrorCode(IntEnum):
 class ServiceError(Exception):
     """A failure with its wire code; `info` is shown to the client as ErrorInfo."""
 
-    def __init__(self, code: ErrorCode, info: str) -> None:
+    def __init__(self, code: ErrorCode, info: str, applied: Applied | None = None) -> None:
         super().__init__(f"{int(code)}: {info}")
         self.code = code
         self.info = info
+        self.applied: Applied | None = applied

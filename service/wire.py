@@ -87,6 +87,13 @@ class Reply(msgspec.Struct, rename="pascal"):
     error_info: str = ""
 
 
+class FaultReply(Reply):
+    """A 10002 with `Applied` (ours, additive): "no" when the call certainly did not
+    run, "maybe" when it may have (docs/API.md, "Applied")."""
+
+    applied: str = "maybe"
+
+
 class GroupCounterReply(Reply):
     group_counter: list[GroupCounter] = []
 
@@ -136,5 +143,9 @@ class DestroyedEvent(msgspec.Struct, rename="pascal"):
 encoder: Final = msgspec.json.Encoder()
 
 
-def encode_error(code: int, info: str) -> bytes:
+def encode_error(code: int, info: str, applied: str | None = None) -> bytes:
+    if applied is not None:
+        return encoder.encode(
+            FaultReply(action_status="FAIL", error_code=code, error_info=info, applied=applied)
+        )
     return encoder.encode(Reply(action_status="FAIL", error_code=code, error_info=info))

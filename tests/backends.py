@@ -11,9 +11,14 @@ import redis
 from service.storage.store import Store, open_store
 from service.storage.transports.embedded import RedisPyTransport
 from tests.support import RedisServer
-from tests.topologies import Cluster
+from tests.topologies import Cluster, ReplicatedRedis
 
-BACKENDS = ["redis", "memory", "cluster"]
+# "replicas": a redis-server with a replica, the store with `ack = "replicas"` (a WAIT
+# per batch, every reply held until the replica has it).
+BACKENDS = ["redis", "memory", "cluster", "replicas"]
+
+# How long a write of the "replicas" backend waits for its replica.
+ACK_WAIT = 2.0
 
 
 def memory_store() -> Store:
@@ -22,9 +27,9 @@ def memory_store() -> Store:
 
 
 def empty_store(backend: str, request: pytest.FixtureRequest) -> tuple[Store, redis.Redis]:
-    """A store on `backend` ("redis", "cluster" or "memory"), emptied, and an inspector of it.
+    """A store on `backend` (one of `BACKENDS`), emptied, and an inspector of it.
 
-    The session's redis-server and Cluster come from their fixtures through `request`.
+    The session's redis-servers and Cluster come from their fixtures through `request`.
     """
     inspector: redis.Redis
     if backend == "redis":
@@ -32,6 +37,11 @@ def empty_store(backend: str, request: pytest.FixtureRequest) -> tuple[Store, re
         inspector = redis.Redis.from_url(server.url)
         inspector.flushall()
         return open_store(server.url, timeout=2.0), inspector
+    if backend == "replicas":
+        master: ReplicatedRedis = request.getfixturevalue("replicated_redis")
+        inspector = redis.Redis.from_url(master.url)
+        inspector.flushall()
+        return open_store(master.url, timeout=2.0, ack_wait=ACK_WAIT), inspector
     if backend == "cluster":
         cluster: Cluster = request.getfixturevalue("redis_cluster")
         cluster_client = cluster.inspector()

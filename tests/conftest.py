@@ -1,5 +1,5 @@
-"""Fixtures: every contract test runs against a real redis-server, the embedded store
-and a three-master Redis Cluster."""
+"""Fixtures: every contract test runs against a real redis-server, the embedded store,
+a three-master Redis Cluster, and a redis-server with a replica under `ack = "replicas"`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from service.app import create_app
 from service.config import Settings, parse_config
 from tests.backends import BACKENDS, empty_store
 from tests.support import CONFIG, Api, RedisServer
-from tests.topologies import Cluster
+from tests.topologies import Cluster, ReplicatedRedis
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,13 @@ def redis_cluster() -> Iterator[Cluster]:
     cluster = Cluster().start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def replicated_redis() -> Iterator[ReplicatedRedis]:
+    master = ReplicatedRedis().start()
+    yield master
+    master.stop()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from service.config import Settings
 from service.storage.scripts import UPDATE_COUNTERS, Script, ScriptCall
 from service.storage.store import Store, open_store
 from service.storage.transports.cluster import ClusterTransport
+from service.storage.transports.connection import PipelinedConnection
 from tests.support import REGISTERED_APP, Api, group_key
 from tests.topologies import Cluster, Process, wait_for
 
@@ -422,6 +423,7 @@ def test_a_node_that_leaves_the_slot_map_loses_its_connection_and_calls_in_fligh
             await asyncio.gather(*map(incr, keys))  # a connection to every node
             before = set(transport._connections)
             retiring = transport._connections[leaving_name]
+            assert isinstance(retiring, PipelinedConnection)
             assert retiring._link is not None
             assert retiring._link._transport is not None
             host, port = retiring._link._transport.get_extra_info("sockname")[:2]

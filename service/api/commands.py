@@ -112,7 +112,7 @@ def _raise_for(reply: ScriptReply, group_id: str) -> None:
         case ErrorCode.GROUP_ID_TAKEN:
             info = f"GroupId {group_id!r} is taken"
         case _:
-            raise ServiceError(ErrorCode.INTERNAL, "internal error: unexpected store reply")
+            raise ServiceError(ErrorCode.INTERNAL, "internal error: unexpected store reply", "maybe")
     raise ServiceError(ErrorCode(code), info)
 
 

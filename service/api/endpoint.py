@@ -168,7 +168,7 @@ class CommandEndpoint:
                 raise
         except ServiceError as exc:
             code = exc.code
-            payload = encode_error(exc.code, exc.info)
+            payload = encode_error(exc.code, exc.info, exc.applied)
         except BodyTooLarge as exc:
             code, status = ErrorCode.BAD_BODY, 413
             payload = encode_error(code, str(exc))
@@ -181,7 +181,7 @@ class CommandEndpoint:
         except Exception:
             code = ErrorCode.INTERNAL
             log.exception("unexpected fault in %s", name)
-            payload = encode_error(code, "internal error")
+            payload = encode_error(code, "internal error", "maybe")
         finally:
             TALLY.in_flight -= 1
 

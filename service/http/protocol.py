@@ -68,8 +68,9 @@ class HttpLimits(msgspec.Struct, frozen=True):
 
 
 def _canned(status: int, reason: str, code: ErrorCode, info: str) -> bytes:
-    """A whole response that closes the connection: the error envelope, as every answer."""
-    body = encode_error(code, info)
+    """A whole response that closes the connection: the error envelope, as every answer.
+    Its request never reached a command: a 10002 here says it did not run."""
+    body = encode_error(code, info, "no" if code == ErrorCode.INTERNAL else None)
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

@@ -20,16 +20,35 @@ from service.ops.metrics import TALLY
 from service.storage.keys import READINESS_KEY
 from service.storage.scripts import GET_COUNTERS, ScriptCall, ScriptReply
 from service.storage.transports import Transport, open_transport
+from service.storage.transports.faults import certainly_not_run
 from service.storage.urls import EMBEDDED
 
 log = logging.getLogger("service.store")
 
 EMBEDDED_URL: Final = f"{EMBEDDED}://"
-_UNAVAILABLE: Final = "internal error: the store is unavailable, retry later"
 
 
-def open_store(url: str, *, timeout: float, max_pending: int = 10_000) -> Store:
-    return Store(open_transport(url, timeout=timeout, max_pending=max_pending, on_flush=TALLY.batch))
+def open_store(
+    url: str, *, timeout: float, max_pending: int = 10_000, ack_wait: float | None = None
+) -> Store:
+    return Store(
+        open_transport(url, timeout=timeout, max_pending=max_pending, on_flush=TALLY.batch, ack_wait=ack_wait)
+    )
+
+
+def unavailable(name: str, exc: RedisError) -> ServiceError:
+    """The 10002 for a Redis fault, logged and counted, saying whether the call ran."""
+    TALLY.redis_error(name)
+    log.warning("redis call %s failed: %s: %s", name, type(exc).__name__, exc)
+    if certainly_not_run(exc):
+        return ServiceError(
+            ErrorCode.INTERNAL,
+            "internal error: the store is unavailable; the call did not run, retry later",
+            "no",
+        )
+    return ServiceError(
+        ErrorCode.INTERNAL, "internal error: the store is unavailable; the call may have run", "maybe"
+    )
 
 
 class Store:
@@ -64,11 +83,7 @@ class Store:
         try:
             reply = await self.transport.run_script(call)
         except RedisError as exc:
-            TALLY.redis_error(name)
-            log.warning("redis call %s failed: %s: %s", name, type(exc).__name__, exc)
-            raise ServiceError(
-                ErrorCode.INTERNAL, "internal error: the store is unavailable, retry later"
-            ) from exc
+            raise unavailable(name, exc) from exc
         TALLY.redis_call(name, time.perf_counter() - started)
         return reply
 
@@ -77,18 +92,14 @@ class Store:
         try:
             return await self.transport.masters()
         except RedisError as exc:
-            TALLY.redis_error("masters")
-            log.warning("redis call masters failed: %s: %s", type(exc).__name__, exc)
-            raise ServiceError(ErrorCode.INTERNAL, _UNAVAILABLE) from exc
+            raise unavailable("masters", exc) from exc
 
     async def scan(self, master: int, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
         """One SCAN step on one master; 10002 on a fault."""
         try:
             return await self.transport.scan(master, cursor, match, count)
         except RedisError as exc:
-            TALLY.redis_error("scan")
-            log.warning("redis call scan failed: %s: %s", type(exc).__name__, exc)
-            raise ServiceError(ErrorCode.INTERNAL, _UNAVAILABLE) from exc
+            raise unavailable("scan", exc) from exc
 
     async def probe(self) -> None:
         """A real script round trip (EVALSHA, reloading on NOSCRIPT), for readiness."""

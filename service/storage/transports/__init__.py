@@ -11,9 +11,15 @@ __all__ = ["Transport", "open_transport"]
 
 
 def open_transport(
-    url: str, *, timeout: float, max_pending: int, on_flush: Callable[[int], None] | None = None
+    url: str,
+    *,
+    timeout: float,
+    max_pending: int,
+    on_flush: Callable[[int], None] | None = None,
+    ack_wait: float | None = None,
 ) -> Transport:
-    """ValueError for a URL `urls.parse` rejects."""
+    """ValueError for a URL `urls.parse` rejects. `ack_wait`: with `ack = "replicas"`,
+    how long a write waits for its replicas (transports/acks.py); None: `primary`."""
     parsed = parse(url)
     if parsed.embedded:
         from service.storage.transports.embedded import RedisPyTransport, embedded_client
@@ -22,11 +28,15 @@ def open_transport(
     if parsed.scheme in CLUSTER:
         from service.storage.transports.cluster import ClusterTransport
 
-        return ClusterTransport(parsed, timeout=timeout, max_pending=max_pending, on_flush=on_flush)
+        return ClusterTransport(
+            parsed, timeout=timeout, max_pending=max_pending, on_flush=on_flush, ack_wait=ack_wait
+        )
     if parsed.scheme in SENTINEL:
         from service.storage.transports.sentinel import SentinelTransport
 
-        return SentinelTransport(parsed, timeout=timeout, max_pending=max_pending)
+        return SentinelTransport(parsed, timeout=timeout, max_pending=max_pending, ack_wait=ack_wait)
     from service.storage.transports.pipelined import PipelinedTransport
 
-    return PipelinedTransport(parsed, timeout=timeout, max_pending=max_pending, on_flush=on_flush)
+    return PipelinedTransport(
+        parsed, timeout=timeout, max_pending=max_pending, on_flush=on_flush, ack_wait=ack_wait
+    )

@@ -34,6 +34,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import ScriptArg, ScriptCall, ScriptReply
+from service.storage.transports.acks import AckedConnections
 from service.storage.transports.base import Gate, no_retry, run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.faults import is_connection_fault
@@ -77,6 +78,7 @@ class ClusterTransport:
         timeout: float,
         max_pending: int,
         on_flush: Callable[[int], None] | None = None,
+        ack_wait: float | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if url.tls:
@@ -102,9 +104,10 @@ class ClusterTransport:
         self._timeout = timeout
         self._max_pending = max_pending
         self._on_flush = on_flush
-        self._connections: dict[str, PipelinedConnection] = {}
+        self._ack_wait = ack_wait
+        self._connections: dict[str, PipelinedConnection | AckedConnections] = {}
         # Retired, their last calls still waiting for replies: closed too at shutdown.
-        self._retired: list[PipelinedConnection] = []
+        self._retired: list[PipelinedConnection | AckedConnections] = []
         self._stale = True
         self._reading: asyncio.Task[None] | None = None
         self._url = url
@@ -158,7 +161,7 @@ class ClusterTransport:
         from the start. A call that times out leaves its future in its link's queue:
         its reply, when it comes, is read and dropped there, never handed to another.
         A plain function: the hot path awaits `_route` itself, no coroutine around it."""
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + self._timeout + (self._ack_wait or 0.0)
         if not self._stale:
             return self._route(command, self.client.nodes_manager, deadline)
         return self._call_after_reading(command, deadline)
@@ -213,13 +216,23 @@ class ClusterTransport:
                 raise RedisTimeoutError(f"redis did not answer within {self._timeout} s")
         raise ClusterError(f"more than {self._REDIRECTS} MOVED/ASK redirects for slot {slot}")
 
-    def _connection(self, node: ClusterNode) -> PipelinedConnection:
+    def _connection(self, node: ClusterNode) -> PipelinedConnection | AckedConnections:
         connection = self._connections.get(node.name)
         if connection is None:
             url = dataclasses.replace(self._url, hosts=[(node.host, int(node.port))], db=0)
-            connection = self._connections[node.name] = PipelinedConnection(
-                url, timeout=self._timeout, max_pending=self._max_pending, on_flush=self._on_flush
-            )
+            if self._ack_wait is None:
+                connection = PipelinedConnection(
+                    url, timeout=self._timeout, max_pending=self._max_pending, on_flush=self._on_flush
+                )
+            else:
+                connection = AckedConnections(
+                    url,
+                    timeout=self._timeout,
+                    wait=self._ack_wait,
+                    max_pending=self._max_pending,
+                    on_flush=self._on_flush,
+                )
+            self._connections[node.name] = connection
         return connection
 
     def _retire_departed(self) -> None:

@@ -14,7 +14,7 @@ left to do, waits (a tenth of its time, measured with 64 clients). Written in sl
 Redis works on the first while the process prepares the next.
 
 Why a reply can never reach another caller: every call's future belongs to the one
-`_Link` (socket) its command was queued on, and that link's FIFO is the only place
+`Link` (socket) its command was queued on, and that link's FIFO is the only place
 its reply is matched. A link fails every future it holds, written or not, the moment
 it dies: on a reset, a protocol error, a reply that nobody is waiting for, a reply
 that says the server cannot serve (READONLY, LOADING, MASTERDOWN, max clients), or a
@@ -37,7 +37,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import hiredis
 from redis.exceptions import (
@@ -52,7 +52,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.storage.transports.faults import SERVER_FAULTS
+from service.storage.transports.faults import (
+    COMMAND_REFUSALS,
+    SERVER_FAULTS,
+    CommandRefused,
+    NotConnectedInTime,
+    NotSent,
+    ServerRefused,
+)
 from service.storage.urls import RedisUrl, parse
 
 # RESP encoding of one command, in C.
@@ -91,7 +98,9 @@ def reply_error(message: str) -> RedisError:
     if cluster_reply is not None:
         return cluster_reply(rest)
     if message.startswith(SERVER_FAULTS):  # they close the link; the next call reconnects
-        return RedisConnectionError(f"redis cannot serve: {message}")
+        return ServerRefused(f"redis cannot serve: {message}")
+    if message.startswith(COMMAND_REFUSALS):
+        return CommandRefused(message)
     return ResponseError(message)
 
 
@@ -118,7 +127,18 @@ def _keep_alive(transport: asyncio.BaseTransport) -> None:
         pass  # keepalive is a second line of defence; the reply timeout is the first
 
 
-class _Link(asyncio.Protocol):
+class Pending(Protocol):
+    """What a link's queue holds for a command: its caller's future, or (acks.py) a
+    stand-in that hands the reply on later."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class Link(asyncio.Protocol):
     """One socket to Redis and, in order, the calls queued or written on it."""
 
     def __init__(self, owner: PipelinedConnection) -> None:
@@ -131,11 +151,12 @@ class _Link(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # Futures of the calls written on this link without a reply yet, then the
         # ones in `_buffer`, in order: the n-th reply belongs to waiting[0].
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.waiting: collections.deque[Pending] = collections.deque()
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
         self.written = 0  # commands written on this link: a write's timer needs only this number
         self.closed = False
+        self.open = False  # the handshake is done: calls may be queued
         self.draining = False  # takes no more calls; closes once the last one has its reply
 
     # ---- the socket's side ----
@@ -157,7 +178,8 @@ class _Link(asyncio.Protocol):
                 if isinstance(reply, hiredis.ReplyError):
                     error = reply_error(str(reply))
                     if isinstance(error, RedisConnectionError):
-                        fault = fault or error
+                        # The calls written behind it may have run: they get a plain fault.
+                        fault = fault or RedisConnectionError(str(error))
                     if not future.done():
                         future.set_exception(error)
                 elif not future.done():  # done: it timed out or its caller left
@@ -176,17 +198,22 @@ class _Link(asyncio.Protocol):
     # ---- the callers' side ----
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        if self.closed or self.draining:
-            raise RedisConnectionError(_RETIRED if self.draining else _CLOSED)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self.waiting.append(future)
+        self.queue(packed, future)
+        return future
+
+    def queue(self, packed: bytes, entry: Pending) -> None:
+        """Buffer `packed`; `entry` (a future, or anything with a future's done,
+        set_result and set_exception) receives its reply."""
+        if self.closed or self.draining:
+            raise NotSent(_RETIRED if self.draining else _CLOSED)
+        self.waiting.append(entry)
         self._buffer.append(packed)
         if len(self._buffer) >= self._max_batch:
             self._write()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -234,18 +261,23 @@ class _Link(asyncio.Protocol):
             self.abort(RedisConnectionError("connection retired"))
 
     def abort(self, error: RedisError) -> None:
-        """This link is dead: fail everything it holds; it is never written to again."""
+        """This link is dead: fail everything it holds; it is never written to again.
+        A written call gets `error` (it may have run); a buffered one, never written,
+        says so (NotSent)."""
         if self.closed:
             return
         self.closed = True
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
+        written = len(self.waiting) - len(self._buffer)
         self._buffer.clear()
+        unsent = NotSent(f"{error}; the command was not sent")
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(error if written > 0 else unsent)
+            written -= 1
         self._owner.link_closed(self)
 
 
@@ -260,15 +292,18 @@ class PipelinedConnection:
         max_pending: int = 10_000,
         max_batch: int = 32,
         on_flush: Callable[[int], None] | None = None,
+        link: Callable[[PipelinedConnection], Link] | None = None,
     ) -> None:
         self.url = parse(url) if isinstance(url, str) else url
+        # What a link is: `Link`, or one that holds replies until replicas have them (acks.py).
+        self.new_link: Callable[[PipelinedConnection], Link] = link or Link
         self.timeout = timeout
         self.max_pending = max_pending
         self.max_batch = max_batch
         self.on_flush: Callable[[int], None] = on_flush or (lambda _: None)
         self._ssl = ssl_context(self.url)
-        self._link: _Link | None = None
-        self._connecting: asyncio.Future[_Link] | None = None
+        self._link: Link | None = None
+        self._connecting: asyncio.Future[Link] | None = None
         self._awaiting_link = 0  # calls waiting for a connect: max_pending bounds them too
         self._retired = False
         self.connects = 0  # links opened over this object's life
@@ -281,7 +316,7 @@ class PipelinedConnection:
             self._admit(len(link.waiting))
             return await link.send(_pack(args))
         if self._retired:
-            raise RedisConnectionError(_RETIRED)
+            raise NotSent(_RETIRED)
         # No live link: this call waits for one, and all of it (connect, handshake,
         # reply) stays within one `timeout`, as a call on a live link does.
         self._admit(self._awaiting_link)
@@ -289,6 +324,12 @@ class PipelinedConnection:
         self._awaiting_link += 1
         try:
             link = await self._connect()
+        except RedisTimeoutError as exc:  # no link: nothing was sent
+            raise NotConnectedInTime(str(exc)) from exc
+        except ResponseError as exc:  # the handshake was refused (a wrong password)
+            raise CommandRefused(str(exc)) from exc
+        except RedisError as exc:
+            raise NotSent(str(exc)) from exc
         finally:
             self._awaiting_link -= 1
         self._admit(len(link.waiting))
@@ -307,7 +348,7 @@ class PipelinedConnection:
             await self.execute("PING")  # a live link first, within the usual bounds
         link = self._link
         if link is None:
-            raise RedisConnectionError(_CLOSED)
+            raise NotSent(_CLOSED)
         self._admit(len(link.waiting))
         asking, reply = link.send(_pack(("ASKING",))), link.send(_pack(args))
         outcomes = await asyncio.gather(asking, reply, return_exceptions=True)
@@ -320,9 +361,9 @@ class PipelinedConnection:
         """Refuse a call at once when `waiting` calls are already ahead of it: past
         `max_pending`, a Redis that fell behind would only make it time out later."""
         if waiting >= self.max_pending:
-            raise RedisConnectionError(f"{self.max_pending} redis calls already waiting; refusing more")
+            raise NotSent(f"{self.max_pending} redis calls already waiting; refusing more")
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> Link:
         # Concurrent callers share one connection attempt.
         connecting = self._connecting
         if connecting is None:
@@ -331,14 +372,14 @@ class PipelinedConnection:
             connecting.add_done_callback(self._connect_done)
         return await asyncio.shield(connecting)
 
-    def _connect_done(self, connecting: asyncio.Future[_Link]) -> None:
+    def _connect_done(self, connecting: asyncio.Future[Link]) -> None:
         if self._connecting is connecting:
             self._connecting = None
         if not connecting.cancelled():
             connecting.exception()  # retrieved: a failed attempt with no caller left is not "never retrieved"
 
-    async def _open(self) -> _Link:
-        link = _Link(self)
+    async def _open(self) -> Link:
+        link = self.new_link(self)
         try:
             async with asyncio.timeout(self.timeout):
                 await self._handshake(link)
@@ -353,13 +394,14 @@ class PipelinedConnection:
             raise
         if link.closed:
             raise RedisConnectionError("connection to redis lost during the handshake")
+        link.open = True
         if self._retired:  # while it connected: nothing is on it yet, so it closes at once
             link.drain()
-            raise RedisConnectionError(_RETIRED)
+            raise NotSent(_RETIRED)
         self._link = link
         return link
 
-    async def _handshake(self, link: _Link) -> None:
+    async def _handshake(self, link: Link) -> None:
         """Connect, then prove the link serves before any call is queued on it: a Redis
         that accepts and then refuses (max clients, still loading) fails here."""
         loop, url = self.loop, self.url
@@ -381,13 +423,18 @@ class PipelinedConnection:
         if refused is not None:
             raise refused
 
-    def link_closed(self, link: _Link) -> None:
+    def link_closed(self, link: Link) -> None:
         if self._link is link:
             self._link = None
 
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    @property
+    def link(self) -> Link | None:
+        """The live link, if any."""
+        return self._link
 
     def retire(self) -> None:
         """Take no more calls, and close once the calls already made have their replies.

@@ -32,6 +32,7 @@ from service.storage.transports.base import (
     scan_reply,
 )
 from service.storage.transports.faults import is_connection_fault
+from service.storage.transports.sentinel_acks import SentinelAcks
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.storage.urls import RedisUrl
 
@@ -49,7 +50,11 @@ class SentinelTransport:
     cross_slot_scripts = True  # one master holds every key
     publish_command = "PUBLISH"
 
-    def __init__(self, url: RedisUrl, *, timeout: float, max_pending: int) -> None:
+    def __init__(
+        self, url: RedisUrl, *, timeout: float, max_pending: int, ack_wait: float | None = None
+    ) -> None:
+        # With `ack = "replicas"` a call's reply also waits up to ack_wait for its WAIT.
+        timeout += ack_wait or 0.0
         socket_kwargs: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -58,21 +63,29 @@ class SentinelTransport:
         }
         self.master_name = url.master
         self.db = url.db
-        self.sentinel = Sentinel(url.hosts, sentinel_kwargs=dict(socket_kwargs))
+        # Each new master connection asks a sentinel first, on a pooled connection too.
+        self.sentinel = Sentinel(
+            url.hosts, sentinel_kwargs={**socket_kwargs, "max_connections": _MAX_CONNECTIONS + 2}
+        )
         self.client: aioredis.Redis = self.sentinel.master_for(
             url.master,
             username=url.username,
             password=url.password,
             db=url.db,
+            # The gate admits _MAX_CONNECTIONS calls; redis-py's pool would refuse past its
+            # own default (100) with "Too many connections". Room for ROLE (ack = "replicas").
+            max_connections=_MAX_CONNECTIONS + 2,
             **socket_kwargs,
         )
         self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
         self._timeout = timeout
         self._watcher: asyncio.Task[None] | None = None
         self._ask_now = asyncio.Event()
+        self._closed = False
         self._drop_idle = False
         self._url = url
         self._subscriber: SocketSubscriber | None = None
+        self._acks = None if ack_wait is None else SentinelAcks(self.client, timeout=timeout, wait=ack_wait)
 
     def _watch_master(self) -> None:
         if self._watcher is None:
@@ -84,7 +97,9 @@ class SentinelTransport:
         only asks on a new connection, and a demoted master keeps taking writes until
         the sentinels reconfigure it: writes it then loses."""
         known: Any = None
-        while True:
+        # Not `while True`: on Python 3.11 a cancel that lands as asyncio.timeout below
+        # expires is taken for the timeout's own, and the loop would go on after close().
+        while not self._closed:
             try:
                 address = await self.sentinel.discover_master(self.master_name)
             except RedisError as exc:
@@ -98,6 +113,8 @@ class SentinelTransport:
                         known,
                     )
                     await self.client.connection_pool.disconnect(inuse_connections=True)
+                    if self._acks is not None:
+                        self._acks.ask_again()
                     if self._subscriber is not None:
                         # A demoted master keeps its subscribers and, as a replica, even
                         # relays notices; watchers resync from the new master anyway.
@@ -134,6 +151,8 @@ class SentinelTransport:
             raise
 
     async def run_script(self, call: ScriptCall) -> ScriptReply:
+        if self._acks is not None:
+            return await self._bounded(partial(self._acks.run, call))
         return await self._bounded(partial(run_with_reload, self.client.execute_command, call))
 
     def subscriber(self) -> Subscriber:
@@ -166,10 +185,13 @@ class SentinelTransport:
         return await config_value(self.client, name)
 
     async def close(self) -> None:
+        self._closed = True
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self._acks is not None:
+            self._acks.close()
         await self.client.aclose()
         for sentinel in self.sentinel.sentinels:
             await sentinel.aclose()

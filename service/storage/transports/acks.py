@@ -1,0 +1,266 @@
+"""`ack = "replicas"`: a call is acknowledged only once every replica of its master has it.
+
+Redis acknowledges a write as soon as the master has applied it; the replicas get it a
+moment later. A failover in that moment (planned, or a master cut off from its
+sentinels while it still serves us) promotes a replica without the write, and the
+acknowledged update is gone. `WAIT n timeout` on a connection blocks until n replicas
+confirm holding every write that connection made, or the timeout passes, and answers
+how many did.
+
+So, per node: each batch a link writes ends with one `WAIT <replicas> <ms>`, and the
+replies of the batch's calls are held until its answer. Enough replicas: each call gets
+its reply. Too few (a replica lagging, cut off, or gone): each call fails with
+`NotAcknowledged`, a 10002 that says it may have run. An error reply is passed on at
+once: it wrote nothing.
+
+Redis blocks a connection behind its WAIT, so the calls after a batch go on another
+link: a node gets `LINKS` connections, and a call goes to the first one with no WAIT in
+flight (the one filling its batch), so batches stay as large as before.
+
+How many replicas is what the master says: `ROLE`, asked on a connection of its own
+when the first call needs it, every `_ROLE_SECONDS`, and at once after a batch that got
+too few. A node that answers ROLE as a replica gets no call at all. A master that
+reports no replica needs none: with `ack = "replicas"` it then acknowledges like
+`primary`, which the README's durability table spells out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import hiredis
+from redis.exceptions import RedisError
+
+from service.storage.transports.connection import Link, PipelinedConnection
+from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
+from service.storage.urls import RedisUrl
+
+log = logging.getLogger("service.transports.acks")
+
+# Connections per node: a batch waits for its replicas on one while the next fills another.
+LINKS: Final = 4
+_ROLE_SECONDS: Final = 1.0
+_pack: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
+
+
+class Replicas:
+    """What a node's ROLE says: whether it is a master, and how many replicas it has."""
+
+    def __init__(self, url: RedisUrl, *, timeout: float, wait: float) -> None:
+        self.wait_ms = max(1, round(wait * 1000))
+        self.count: int | None = None  # None until the first ROLE answer
+        self.master = True
+        self._probe = PipelinedConnection(url, timeout=timeout, max_pending=4)
+        self._timeout = timeout
+        self._ask = asyncio.Event()
+        self._known = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._waits: dict[int, bytes] = {}
+
+    def wait_command(self) -> tuple[int, bytes]:
+        """How many replicas a batch written now needs, and its WAIT command."""
+        count = self.count or 0
+        packed = self._waits.get(count)
+        if packed is None:
+            packed = self._waits[count] = _pack(("WAIT", count, self.wait_ms))
+        return count, packed
+
+    async def known(self) -> None:
+        """Return once ROLE has answered (NotSent if it does not within the timeout)."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._follow())
+        if self.count is not None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._known.wait()
+        except TimeoutError:
+            raise NotSent(f"redis did not answer ROLE within {self._timeout} s") from None
+
+    def ask_again(self) -> None:
+        self._ask.set()
+
+    async def _follow(self) -> None:
+        # Not `while True`: on Python 3.11 a cancel that lands as asyncio.timeout below
+        # expires is taken for the timeout's own, and the loop would outlive close().
+        while not self._closed:
+            self._ask.clear()
+            try:
+                self._read(await self._probe.execute("ROLE"))
+            except RedisError as exc:
+                log.debug("ROLE failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ROLE_SECONDS):
+                    await self._ask.wait()
+
+    def _read(self, role: Any) -> None:
+        master = role[0] == b"master"
+        count = len(role[2]) if master else 0
+        if (master, count) != (self.master, self.count):
+            log.info("redis at %s: %s with %d replicas", self._probe.url.hosts, role[0].decode(), count)
+        self.master, self.count = master, count
+        self._known.set()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        self._probe.close()
+
+
+class _Held:
+    """A call's place in its link's queue: its reply waits here for the batch's WAIT."""
+
+    __slots__ = ("caller", "reply")
+
+    def __init__(self, caller: asyncio.Future[Any]) -> None:
+        self.caller = caller
+        self.reply: Any = None
+
+    def done(self) -> bool:
+        return self.caller.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.reply = reply
+
+    def set_exception(self, error: BaseException) -> None:
+        self.caller.set_exception(error)
+
+
+class _Wait:
+    """A batch's WAIT in its link's queue: its answer releases or fails the batch."""
+
+    __slots__ = ("batch", "link", "needed")
+
+    def __init__(self, batch: list[_Held], needed: int, link: AckedLink) -> None:
+        self.batch = batch
+        self.needed = needed
+        self.link = link
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, acknowledged: Any) -> None:
+        self.link.waits -= 1
+        if isinstance(acknowledged, int) and acknowledged >= self.needed:
+            for held in self.batch:
+                if not held.caller.done():
+                    held.caller.set_result(held.reply)
+            return
+        self.link.replicas.ask_again()
+        self.set_exception(
+            NotAcknowledged(f"{acknowledged} of {self.needed} replicas confirmed the write in time")
+        )
+
+    def set_exception(self, error: BaseException) -> None:
+        for held in self.batch:
+            if not held.caller.done():
+                held.caller.set_exception(error)
+
+
+class AckedLink(Link):
+    """A link whose batches each end with a WAIT, their replies held until it answers."""
+
+    def __init__(self, owner: PipelinedConnection, replicas: Replicas) -> None:
+        super().__init__(owner)
+        self.replicas = replicas
+        self._batch: list[_Held] = []
+        self.waits = 0  # WAITs written and not answered yet
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        if not self.open:  # the handshake (AUTH, SELECT, PING): nothing to replicate
+            return super().send(packed)
+        if not self.replicas.master:
+            raise ServerRefused("redis answers ROLE as a replica: no write is sent to it")
+        caller: asyncio.Future[Any] = self._loop.create_future()
+        held = _Held(caller)
+        self._batch.append(held)
+        try:
+            self.queue(packed, held)
+        except RedisError:
+            self._batch.pop()
+            raise
+        return caller
+
+    def _write(self) -> None:
+        if not self._batch:  # the handshake's
+            super()._write()
+            return
+        transport = self._transport
+        assert transport is not None
+        count = len(self._buffer)
+        needed, wait = self.replicas.wait_command()
+        self._buffer.append(wait)
+        self.waiting.append(_Wait(self._batch, needed, self))
+        self._batch = []
+        self.waits += 1
+        payload, self._buffer = b"".join(self._buffer), []
+        transport.write(payload)
+        self.written += count + 1
+        self._on_flush(count)
+        self._loop.call_later(self._timeout, self._expire, self.written)
+
+
+class AckedConnections:
+    """A node's `LINKS` pipelined connections, each batch acknowledged by its replicas.
+    Offers what a `PipelinedConnection` offers the transports."""
+
+    def __init__(
+        self,
+        url: RedisUrl,
+        *,
+        timeout: float,
+        wait: float,
+        max_pending: int,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.replicas = Replicas(url, timeout=timeout, wait=wait)
+        replicas = self.replicas
+
+        def link(owner: PipelinedConnection) -> Link:
+            return AckedLink(owner, replicas)
+
+        # A call's reply now also waits for its batch's WAIT: its bound grows by that.
+        self.connections = [
+            PipelinedConnection(
+                url, timeout=timeout + wait, max_pending=max_pending, on_flush=on_flush, link=link
+            )
+            for _ in range(LINKS)
+        ]
+
+    def _pick(self) -> PipelinedConnection:
+        for connection in self.connections:
+            link = connection.link
+            if link is None or not isinstance(link, AckedLink) or link.waits == 0:
+                return connection
+        return min(self.connections, key=lambda c: c.link.waits if isinstance(c.link, AckedLink) else 0)
+
+    async def execute(self, *args: Any) -> Any:
+        if self.replicas.count is None:
+            await self.replicas.known()
+        return await self._pick().execute(*args)
+
+    async def execute_asking(self, *args: Any) -> Any:
+        if self.replicas.count is None:
+            await self.replicas.known()
+        return await self._pick().execute_asking(*args)
+
+    @property
+    def connected(self) -> bool:
+        return any(connection.connected for connection in self.connections)
+
+    def retire(self) -> None:
+        for connection in self.connections:
+            connection.retire()
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.replicas.close()

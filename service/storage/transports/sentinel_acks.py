@@ -1,0 +1,102 @@
+"""`ack = "replicas"` on Sentinel: each script call and a WAIT for the master's replicas.
+
+The Sentinel transport runs each call on a connection of its own (redis-py's pool), so
+the WAIT goes right behind the call on that connection, in one round trip (a pipeline
+without MULTI), and blocks only that call. How many replicas: the master's `ROLE`,
+asked every `_ROLE_SECONDS` and at once after a call that got too few. The rules are
+those of acks.py: a call is acknowledged only when every replica the master reports
+holds it; otherwise it answers 10002, maybe applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from service.storage.scripts import ScriptCall, ScriptReply
+from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
+
+log = logging.getLogger("service.transports.sentinel")
+
+_ROLE_SECONDS: Final = 1.0
+
+
+class SentinelAcks:
+    def __init__(self, client: aioredis.Redis, *, timeout: float, wait: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self.wait_ms = max(1, round(wait * 1000))
+        self.count: int | None = None
+        self.master = True
+        self._ask = asyncio.Event()
+        self._known = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def run(self, call: ScriptCall) -> ScriptReply:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._follow())
+        if self.count is None:
+            await self._wait_known()
+        if not self.master:
+            raise ServerRefused("the master the sentinels name answers ROLE as a replica")
+        needed = self.count or 0
+        script = call.script
+        reply, acknowledged = await self._pipeline(needed, "EVALSHA", script.sha, call)
+        if isinstance(reply, NoScriptError):  # nothing ran: once more with the source
+            reply, acknowledged = await self._pipeline(needed, "EVAL", script.source, call)
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(acknowledged, BaseException):
+            raise acknowledged
+        if acknowledged < needed:
+            self._ask.set()
+            raise NotAcknowledged(f"{acknowledged} of {needed} replicas confirmed the write in time")
+        return reply  # type: ignore[no-any-return]
+
+    async def _pipeline(self, needed: int, command: str, script: str, call: ScriptCall) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(command, script, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("WAIT", needed, self.wait_ms)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _wait_known(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._known.wait()
+        except TimeoutError:
+            raise NotSent(f"the master did not answer ROLE within {self._timeout} s") from None
+
+    def ask_again(self) -> None:
+        """After a failover: the new master's replicas are counted before the next call."""
+        self.count = None
+        self._known.clear()
+        self._ask.set()
+
+    async def _follow(self) -> None:
+        # Not `while True`: on Python 3.11 a cancel that lands as asyncio.timeout below
+        # expires is taken for the timeout's own, and the loop would outlive close().
+        while not self._closed:
+            self._ask.clear()
+            try:
+                role = await self._client.role()
+            except RedisError as exc:
+                log.debug("ROLE on the master failed: %s", exc)
+            else:
+                master = role[0] in (b"master", "master")
+                self.master, self.count = master, len(role[2]) if master else 0
+                self._known.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ROLE_SECONDS):
+                    await self._ask.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
