@@ -24,6 +24,8 @@ ROWS = (
     "update_group_counter with an Idempotency-Key",
     "update_group_counter, rate-limited app",
     "update_group_counter on a 3-master Redis Cluster",
+    'update_group_counter, a master with one replica, ack = "primary"',
+    'update_group_counter, a master with one replica, ack = "replicas"',
 )
 
 
@@ -72,7 +74,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         assert re.search(row, text, re.MULTILINE), label
     assert re.search(r"\*\*-?\d+\.\d bytes per hash\*\*", text)
     assert re.search(
-        r"^\| 14 \| final counters = sum of acknowledged increments .* \| PASS \|$", text, re.MULTILINE
+        r"^\| 16 \| final counters = sum of acknowledged increments .* \| PASS \|$", text, re.MULTILINE
     )
     data = json.loads(text.split("<!-- bench-data: ", 1)[1].split(" -->", 1)[0])
     rows = {"update": data["throughput"], **data["rows"]}
@@ -81,5 +83,5 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         # Every reply of every workload was ErrorCode 0: each call did what it was meant to.
         assert measured["failed"] == 0, key
         assert measured["redis"]["commands_per_call"] >= 1, key
-    for key in ("rate_limited", "cluster"):
+    for key in ("rate_limited", "cluster", "ack_replicas"):
         assert data["rows"][key]["exactness"]["verdict"] == "PASS", key

@@ -13,6 +13,9 @@ cost per call from INFO commandstats around each service run:
   destroy         destroy_group of groups the create runs made before (GroupPool)
   cluster         update.lua on a service on a 3-master Redis Cluster started here, pinned
                   like the bench's own redis-server, its own groups and exactness check
+  replicated      update.lua on a service on a master with one replica started here (pinned
+                  likewise), the default ack = "primary"
+  ack_replicas    the same master, replica and groups, on a service with ack = "replicas"
 
 The headline row, update on the default config, is the throughput phase's (phases.py).
 `make bench` calls `rows_phase` (phases.py); the report renders the rows (report.py).
@@ -48,7 +51,7 @@ from tests.bench.servers import (
     service_server,
     write_config,
 )
-from tests.topologies import Cluster
+from tests.topologies import Cluster, ReplicatedRedis
 
 HERE: Final = Path(__file__).resolve().parent
 COMMANDS_SCRIPT: Final = HERE / "commands.lua"
@@ -129,6 +132,20 @@ ROWS: Final = (
         "the update workload on a second service instance whose redis_url is a 3-master Cluster "
         "the bench starts (redis-servers pinned with the load), on its own registered groups made "
         "through the API, with their own exactness check; Redis cost summed over the masters",
+    ),
+    RowSpec(
+        "replicated",
+        'update_group_counter, a master with one replica, ack = "primary"',
+        0.75,
+        "the update workload on a second service instance on a master with one replica on "
+        "loopback that the bench starts (both pinned with the load), the default ack",
+    ),
+    RowSpec(
+        "ack_replicas",
+        'update_group_counter, a master with one replica, ack = "replicas"',
+        0.60,
+        'the same master, replica and groups on a third instance with `ack = "replicas"`: '
+        "each batch waits for the replica's WAIT (issue target: at least 0.80 of the replicated row)",
     ),
 )
 # The headline row is the throughput phase's: always measured.
@@ -328,6 +345,44 @@ def cluster_row(bench: RowBench) -> dict[str, Any]:
     return row
 
 
+def replicated_rows(bench: RowBench, selected: tuple[str, ...]) -> dict[str, Any]:
+    """The replicated and ack_replicas rows, on one master with one replica."""
+    print("replicated: starting a master and a replica", flush=True)
+    topology = ReplicatedRedis().start()
+    rows: dict[str, Any] = {}
+    try:
+        for node in (topology.master, *topology.replicas):
+            assert node is not None
+            assert node.process is not None
+            pin(node.process.pid, bench.cpus.load)
+        meter = RedisMeter([topology.master.port])  # type: ignore[union-attr]
+        ids = group_ids(bench.groups)
+        ledger = Ledger()  # the two rows share the groups: one check after both
+        key = ""
+        for key, ack in (("replicated", None), ("ack_replicas", "replicas")):
+            if key not in selected:
+                continue
+            config = bench.workdir / f"bench-{key}.toml"
+            write_config(config, topology.url, ack=ack)
+            server = service_server(config, bench.workdir, tag=f"service-{key}")
+            with running(server):
+                server.start(bench.cpus.server)
+                if not rows:
+                    create_groups(server.port, bench.usersig, ids)
+                workload = Workload(
+                    usersig=bench.usersig, groups=bench.groups, cpu=bench.cpus.load, ledger=ledger
+                )
+                rows[key] = measure_row(bench, key, server, workload, meter)
+                if key == "ack_replicas" or "ack_replicas" not in selected:
+                    rows[key]["exactness"] = exactness_verdict(
+                        ledger, *read_counters(server.port, bench.usersig, ids)
+                    )
+        meter.close()
+    finally:
+        topology.stop()
+    return rows
+
+
 def command_workloads(bench: RowBench) -> dict[str, Workload]:
     """The rows that drive the main service with commands.lua."""
 
@@ -379,6 +434,9 @@ def rows_phase(bench: RowBench, selected: tuple[str, ...]) -> dict[str, Any]:
                 rows[key] = rate_limited_row(bench, meter)
             elif key == "cluster":
                 rows[key] = cluster_row(bench)
+            elif key in ("replicated", "ack_replicas"):
+                if key not in rows:
+                    rows.update(replicated_rows(bench, selected))
             else:
                 rows[key] = measure_row(bench, key, bench.service, workloads[key], meter)
     finally:

@@ -124,12 +124,13 @@ def ceiling_server(workdir: Path) -> Server:
     )
 
 
-def write_config(path: Path, redis_url: str, log_level: str | None = None) -> None:
+def write_config(path: Path, redis_url: str, log_level: str | None = None, ack: str | None = None) -> None:
     """The bench's apps on `redis_url`; everything else the service's defaults, unless
-    `log_level` says otherwise (the default logs one JSON access line per call)."""
+    `log_level` or `ack` say otherwise (the default logs one JSON access line per call)."""
     path.write_text(
         f'redis_url = "{redis_url}"\n'
         + (f'log_level = "{log_level}"\n' if log_level else "")
+        + (f'ack = "{ack}"\n' if ack else "")
         + "\n[[apps]]\n"
         f"sdkappid = {SDKAPPID}\n"
         f'secret_key = "{SECRET_KEY}"\n'
