@@ -15,6 +15,7 @@ from service.config import ConfigError, parse_config
 from service.errors import ServiceError
 from service.storage.scripts import UPDATE_COUNTERS, ScriptCall
 from service.storage.store import Store, open_store
+from service.storage.transports import acks
 from tests.support import CONFIG
 from tests.topologies import ReplicatedRedis, SentinelSetup, wait_for
 
@@ -84,24 +85,30 @@ def test_a_replica_that_does_not_confirm_fails_the_write_within_the_ack_timeout(
     assert elapsed < ACK_WAIT + 1.0
 
 
-def test_a_replica_that_leaves_is_no_longer_waited_for(two_replicas: ReplicatedRedis) -> None:
-    async def scenario() -> list[BaseException | object]:
+def test_a_replica_that_leaves_is_still_waited_for_then_not_past_the_shrink_delay(
+    two_replicas: ReplicatedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica promoted by Sentinel leaves the old master while it still takes writes:
+    acknowledging them without it would lose them. One gone for good stops being waited
+    for after SHRINK_AFTER."""
+    monkeypatch.setattr(acks, "SHRINK_AFTER", 3.0)
+
+    async def scenario() -> tuple[list[BaseException | object], list[BaseException | object]]:
         store = open_store(two_replicas.url, timeout=1.0, ack_wait=ACK_WAIT)
         await increase_all(store, ["warm"])
         two_replicas.replicas[1].stop()
         two_replicas.replicas.pop()
-        await asyncio.to_thread(
-            wait_for,
-            two_replicas.in_sync,
-            10,
-            "the master to drop the replica",
-        )
-        await asyncio.sleep(1.5)  # the service asks ROLE every second
-        outcomes = await increase_all(store, ["after"])
+        await asyncio.to_thread(wait_for, two_replicas.in_sync, 10, "the master to drop the replica")
+        await asyncio.sleep(1.5)  # ROLE has been read since: it lists one replica
+        early = await increase_all(store, ["early"])
+        await asyncio.sleep(4.0)  # fewer listed for SHRINK_AFTER, read every second
+        late = await increase_all(store, ["late"])
         await store.close()
-        return outcomes
+        return early, late
 
-    assert asyncio.run(scenario()) == [[0, b"1"]]
+    early, late = asyncio.run(scenario())
+    assert [getattr(o, "applied", o) for o in early] == ["maybe"]
+    assert late == [[0, b"1"]]
 
 
 def test_a_node_that_answers_role_as_a_replica_gets_no_write(two_replicas: ReplicatedRedis) -> None:

@@ -11,7 +11,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from redis.exceptions import BusyLoadingError, MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.testclient import TestClient
@@ -20,6 +29,7 @@ from service.app import create_app
 from service.config import Settings
 from service.storage.scripts import UPDATE_COUNTERS
 from service.storage.store import Store, open_store
+from service.storage.transports.base import no_retry
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.faults import NotAcknowledged, certainly_not_run
 from tests.support import IMPLICIT_APP, RedisServer, free_port, group_key, query
@@ -175,6 +185,25 @@ def test_calls_refused_past_max_pending_did_not_run(server: RedisServer) -> None
 def test_redis_py_refusals_prove_the_call_did_not_run(error: Exception) -> None:
     """Sentinel and the embedded store speak through redis-py, which names errors its way."""
     assert certainly_not_run(error)
+
+
+def test_a_redis_py_connect_that_failed_proves_the_call_was_not_sent() -> None:
+    """redis-py connects a pooled connection before sending on it (Sentinel's path)."""
+
+    async def refused() -> BaseException:
+        client = aioredis.Redis(port=free_port(), retry=no_retry())
+        try:
+            await client.ping()
+        except RedisError as exc:
+            return exc
+        finally:
+            await client.aclose()
+        raise AssertionError("nothing listens there, yet PING answered")
+
+    assert certainly_not_run(asyncio.run(refused()))
+    assert certainly_not_run(MasterNotFoundError("No master found for 'countermaster'"))
+    assert certainly_not_run(RedisTimeoutError("Timeout connecting to server"))
+    assert certainly_not_run(RedisConnectionError("The previous master is now a slave"))
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,14 @@ Redis blocks a connection behind its WAIT, so the calls after a batch go on anot
 link: a node gets `LINKS` connections, and a call goes to the first one with no WAIT in
 flight (the one filling its batch), so batches stay as large as before.
 
-How many replicas is what the master says: `ROLE`, asked on a connection of its own
-when the first call needs it, every `_ROLE_SECONDS`, and at once after a batch that got
-too few. A node that answers ROLE as a replica gets no call at all. A master that
-reports no replica needs none: with `ack = "replicas"` it then acknowledges like
-`primary`, which the README's durability table spells out.
+How many replicas: the most the master's `ROLE` has listed (asked on a connection of
+its own when the first call needs it, every `_ROLE_SECONDS`, and at once after a batch
+that got too few). A replica that leaves is still waited for during `SHRINK_AFTER`:
+when Sentinel promotes a replica, the old master sees it leave while it still takes
+writes, and a count that followed at once would acknowledge writes no one else holds
+(measured: hundreds lost per planned failover). Past that, a replica gone for good is
+no longer waited for, and a master left with none acknowledges like `primary` (the
+README's Durability section). A node that answers ROLE as a replica gets no call at all.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -44,6 +48,32 @@ log = logging.getLogger("service.transports.acks")
 # Connections per node: a batch waits for its replicas on one while the next fills another.
 LINKS: Final = 4
 _ROLE_SECONDS: Final = 1.0
+# Seconds a master must list fewer replicas before writes stop waiting for the ones gone:
+# well past the time the service takes to follow a failover (well under 2 s).
+SHRINK_AFTER: Final = 10.0
+
+
+class Needed:
+    """How many replicas a write must reach on one master: the most it has listed, lowered
+    only once it has listed fewer for `SHRINK_AFTER` seconds."""
+
+    def __init__(self) -> None:
+        self.count: int | None = None  # None until the first ROLE answer
+        self._fewer_since: float | None = None
+
+    def saw(self, listed: int, now: float) -> None:
+        if self.count is None or listed >= self.count:
+            self.count, self._fewer_since = listed, None
+        elif self._fewer_since is None:
+            self._fewer_since = now
+        elif now - self._fewer_since >= SHRINK_AFTER:
+            self.count, self._fewer_since = listed, None
+
+    def forget(self) -> None:
+        """Another master: its replicas are counted afresh."""
+        self.count, self._fewer_since = None, None
+
+
 _pack: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
 
 
@@ -52,7 +82,7 @@ class Replicas:
 
     def __init__(self, url: RedisUrl, *, timeout: float, wait: float) -> None:
         self.wait_ms = max(1, round(wait * 1000))
-        self.count: int | None = None  # None until the first ROLE answer
+        self.needed = Needed()
         self.master = True
         self._probe = PipelinedConnection(url, timeout=timeout, max_pending=4)
         self._timeout = timeout
@@ -64,7 +94,7 @@ class Replicas:
 
     def wait_command(self) -> tuple[int, bytes]:
         """How many replicas a batch written now needs, and its WAIT command."""
-        count = self.count or 0
+        count = self.needed.count or 0
         packed = self._waits.get(count)
         if packed is None:
             packed = self._waits[count] = _pack(("WAIT", count, self.wait_ms))
@@ -74,7 +104,7 @@ class Replicas:
         """Return once ROLE has answered (NotSent if it does not within the timeout)."""
         if self._task is None:
             self._task = asyncio.ensure_future(self._follow())
-        if self.count is not None:
+        if self.needed.count is not None:
             return
         try:
             async with asyncio.timeout(self._timeout):
@@ -100,10 +130,18 @@ class Replicas:
 
     def _read(self, role: Any) -> None:
         master = role[0] == b"master"
-        count = len(role[2]) if master else 0
-        if (master, count) != (self.master, self.count):
-            log.info("redis at %s: %s with %d replicas", self._probe.url.hosts, role[0].decode(), count)
-        self.master, self.count = master, count
+        listed = len(role[2]) if master else 0
+        before = (self.master, self.needed.count)
+        self.master = master
+        self.needed.saw(listed, time.monotonic())
+        if (self.master, self.needed.count) != before:
+            log.info(
+                "redis at %s: %s listing %d replicas; writes wait for %s",
+                self._probe.url.hosts,
+                role[0].decode(),
+                listed,
+                self.needed.count,
+            )
         self._known.set()
 
     def close(self) -> None:
@@ -243,12 +281,12 @@ class AckedConnections:
         return min(self.connections, key=lambda c: c.link.waits if isinstance(c.link, AckedLink) else 0)
 
     async def execute(self, *args: Any) -> Any:
-        if self.replicas.count is None:
+        if self.replicas.needed.count is None:
             await self.replicas.known()
         return await self._pick().execute(*args)
 
     async def execute_asking(self, *args: Any) -> Any:
-        if self.replicas.count is None:
+        if self.replicas.needed.count is None:
             await self.replicas.known()
         return await self._pick().execute_asking(*args)
 

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import ScriptCall, ScriptReply
+from service.storage.transports.faults import NotConnectedInTime, NotSent
 
 if TYPE_CHECKING:
     from service.storage.transports.subscriber import Subscriber
@@ -99,13 +98,13 @@ class Gate:
 
     async def __aenter__(self) -> None:
         if self._waiting >= self._max_pending:
-            raise RedisConnectionError(f"{self._max_pending} redis calls already waiting; refusing more")
+            raise NotSent(f"{self._max_pending} redis calls already waiting; refusing more")
         self._waiting += 1
         try:
             async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
         except TimeoutError:
-            raise RedisTimeoutError(f"no redis connection free within {self._timeout} s") from None
+            raise NotConnectedInTime(f"no redis connection free within {self._timeout} s") from None
         finally:
             self._waiting -= 1
 

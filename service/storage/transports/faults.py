@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     BusyLoadingError,
     MasterDownError,
@@ -26,6 +27,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError as SyncMasterNotFoundError
 
 # Error replies that say this server cannot serve us now (a replica, a Redis loading its
 # data, a replica whose master is down, no free client slot): the command did not run,
@@ -71,11 +73,24 @@ def certainly_not_run(exc: BaseException) -> bool:
     class or, for the codes it does not name, the reply's first word."""
     if isinstance(exc, (NotRun, *_REDIS_PY_REFUSALS)):
         return True
-    return type(exc) is ResponseError and str(exc).startswith(COMMAND_REFUSALS)
+    if type(exc) is ResponseError:
+        return str(exc).startswith(COMMAND_REFUSALS)
+    # redis-py connects a pooled connection before it sends on it: a failed connect
+    # (its OSError kept as the cause, or its own timeout) sent nothing.
+    if type(exc) is RedisConnectionError:
+        if str(exc).endswith(_DEMOTED):  # redis-py's name for a READONLY on Sentinel
+            return True
+        return " connecting to " in str(exc) and isinstance(exc.__cause__, OSError)
+    return type(exc) is RedisTimeoutError and str(exc) == "Timeout connecting to server"
 
 
-# How redis-py names the refusals above (it strips the code from the message).
+_DEMOTED: Final = "The previous master is now a slave"
+
+# How redis-py names the refusals above (it strips the code from the message), and
+# Sentinel's "no master" (no connection was even tried).
 _REDIS_PY_REFUSALS: Final = (
+    MasterNotFoundError,
+    SyncMasterNotFoundError,
     ReadOnlyError,
     MasterDownError,
     BusyLoadingError,

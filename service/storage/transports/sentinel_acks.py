@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from service.storage.scripts import ScriptCall, ScriptReply
+from service.storage.transports.acks import Needed
 from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
 
 log = logging.getLogger("service.transports.sentinel")
@@ -31,7 +33,7 @@ class SentinelAcks:
         self._client = client
         self._timeout = timeout
         self.wait_ms = max(1, round(wait * 1000))
-        self.count: int | None = None
+        self.needed = Needed()
         self.master = True
         self._ask = asyncio.Event()
         self._known = asyncio.Event()
@@ -41,11 +43,11 @@ class SentinelAcks:
     async def run(self, call: ScriptCall) -> ScriptReply:
         if self._task is None:
             self._task = asyncio.ensure_future(self._follow())
-        if self.count is None:
+        if self.needed.count is None:
             await self._wait_known()
         if not self.master:
             raise ServerRefused("the master the sentinels name answers ROLE as a replica")
-        needed = self.count or 0
+        needed = self.needed.count or 0
         script = call.script
         reply, acknowledged = await self._pipeline(needed, "EVALSHA", script.sha, call)
         if isinstance(reply, NoScriptError):  # nothing ran: once more with the source
@@ -75,7 +77,7 @@ class SentinelAcks:
 
     def ask_again(self) -> None:
         """After a failover: the new master's replicas are counted before the next call."""
-        self.count = None
+        self.needed.forget()
         self._known.clear()
         self._ask.set()
 
@@ -89,8 +91,8 @@ class SentinelAcks:
             except RedisError as exc:
                 log.debug("ROLE on the master failed: %s", exc)
             else:
-                master = role[0] in (b"master", "master")
-                self.master, self.count = master, len(role[2]) if master else 0
+                self.master = role[0] in (b"master", "master")
+                self.needed.saw(len(role[2]) if self.master else 0, time.monotonic())
                 self._known.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_ROLE_SECONDS):
