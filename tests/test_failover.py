@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.failover.cluster import one_cluster_run
 from tests.failover.load import Account
 from tests.failover.run import FAULTS, one_run
 
@@ -65,3 +66,19 @@ def test_with_ack_primary_ten_failovers_of_each_kind_are_accounted_for(
         account = one_run(replicas, fault, "primary", tmp_path / str(run))
         print(f"{replicas} replica(s), {fault}, ack primary, run {run + 1}: {account.line()}")
         consistent(account)
+
+
+def test_with_ack_replicas_a_cluster_master_killed_loses_no_acknowledged_update(tmp_path: Path) -> None:
+    account = one_cluster_run("kill", "replicas", tmp_path)
+    consistent(account)
+    assert account.lost == 0, account.line()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill", "cluster-failover"])
+def test_with_ack_replicas_five_cluster_failovers_lose_nothing(fault: str, tmp_path: Path) -> None:
+    for run in range(5):
+        account = one_cluster_run(fault, "replicas", tmp_path / str(run))
+        print(f"cluster, {fault}, run {run + 1}: {account.line()}")
+        consistent(account)
+        assert account.lost == 0, account.line()

@@ -1,4 +1,5 @@
 """python -m tests.failover [--replicas 1,2] [--faults kill,...] [--acks primary,replicas] [--runs N]
+python -m tests.failover --cluster [--faults kill,cluster-failover] [--acks ...] [--runs N]
 
 Runs every combination `--runs` times on a fresh topology each time, prints one line per
 run and a markdown table: acknowledged calls, those lost (acknowledged, absent from the
@@ -13,6 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from tests.failover.cluster import CLUSTER_FAULTS, NODE_TIMEOUT_MS, one_cluster_run
 from tests.failover.load import Account
 from tests.failover.run import FAULTS, one_run
 from tests.failover.topology import redis_version
@@ -38,25 +40,33 @@ def table(results: dict[tuple[int, str, str], list[Account]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.failover", description=__doc__)
     parser.add_argument("--replicas", default="1,2")
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--cluster", action="store_true", help="a 3-master Cluster, one replica each")
+    parser.add_argument("--faults", default=None)
     parser.add_argument("--acks", default="primary,replicas")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--down-after-ms", type=int, default=1000)
     args = parser.parse_args()
     results: dict[tuple[int, str, str], list[Account]] = {}
-    for replicas in (int(r) for r in args.replicas.split(",")):
-        for fault in args.faults.split(","):
+    faults = (args.faults or ",".join(CLUSTER_FAULTS if args.cluster else FAULTS)).split(",")
+    for replicas in [1] if args.cluster else [int(r) for r in args.replicas.split(",")]:
+        for fault in faults:
             for ack in args.acks.split(","):
                 for run in range(args.runs):
                     workdir = Path(tempfile.mkdtemp(prefix="failover-run-"))
-                    account = one_run(replicas, fault, ack, workdir, args.down_after_ms)
+                    if args.cluster:
+                        account = one_cluster_run(fault, ack, workdir)
+                    else:
+                        account = one_run(replicas, fault, ack, workdir, args.down_after_ms)
                     results.setdefault((replicas, fault, ack), []).append(account)
                     print(
                         f"{replicas} replica(s), {fault}, ack {ack}, run {run + 1}: {account.line()}",
                         flush=True,
                     )
     print()
-    print(f"Sentinel (3 sentinels, quorum 2), AOF everysec, down-after-milliseconds {args.down_after_ms}; ")
+    if args.cluster:
+        print(f"Cluster: 3 masters, one replica each, AOF everysec, cluster-node-timeout {NODE_TIMEOUT_MS}")
+    else:
+        print(f"Sentinel (3 sentinels, quorum 2), AOF everysec, down-after-milliseconds {args.down_after_ms}")
     print(redis_version().strip())
     print()
     print(table(results))

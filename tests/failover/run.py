@@ -32,8 +32,9 @@ SETTLE: Final = 30.0
 
 
 @contextlib.contextmanager
-def service_on(kit: SentinelKit, ack: str, workdir: Path) -> Iterator[ServiceProcess]:
-    settings = [f'redis_url = "{kit.url}"', "redis_timeout = 0.5", 'log_level = "error"']
+def service_on_url(url: str, ack: str, workdir: Path) -> Iterator[ServiceProcess]:
+    """One service process on `url` with `ack`, ready, stopped at the end."""
+    settings = [f'redis_url = "{url}"', "redis_timeout = 0.5", 'log_level = "error"']
     if ack != "primary":
         settings.append(f'ack = "{ack}"')
     config = workdir / "config.toml"
@@ -75,7 +76,7 @@ def inject(kit: SentinelKit, fault: str, old: DataNode) -> Callable[[], None]:
 def one_run(replicas: int, fault: str, ack: str, workdir: Path, down_after_ms: int = 1000) -> Account:
     kit = SentinelKit(replicas=replicas, down_after_ms=down_after_ms, root=workdir / "redis").start()
     try:
-        with service_on(kit, ack, workdir) as service:
+        with service_on_url(kit.url, ack, workdir) as service:
             return asyncio.run(_drive(kit, service, fault))
     finally:
         kit.stop()
