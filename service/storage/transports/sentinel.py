@@ -33,6 +33,7 @@ from service.storage.transports.base import (
 )
 from service.storage.transports.faults import is_connection_fault
 from service.storage.transports.sentinel_acks import SentinelAcks
+from service.storage.transports.sentinel_events import SwitchListener
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.storage.urls import RedisUrl
 
@@ -82,14 +83,18 @@ class SentinelTransport:
         self._watcher: asyncio.Task[None] | None = None
         self._ask_now = asyncio.Event()
         self._closed = False
+        self.master_address: Any = None  # as the watcher last heard it from the sentinels
         self._drop_idle = False
         self._url = url
         self._subscriber: SocketSubscriber | None = None
         self._acks = None if ack_wait is None else SentinelAcks(self.client, timeout=timeout, wait=ack_wait)
+        # +switch-master from any sentinel: the watcher asks at once, not at its next poll.
+        self._switches = SwitchListener(self.sentinel.sentinels, url.master, self._ask_now.set)
 
     def _watch_master(self) -> None:
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._follow_master())
+            self._switches.start()
 
     async def _follow_master(self) -> None:
         """When the sentinels name another master, drop every connection (a call in
@@ -112,14 +117,14 @@ class SentinelTransport:
                         address,
                         known,
                     )
-                    await self.client.connection_pool.disconnect(inuse_connections=True)
+                    await self._drop_connections_to(known)
                     if self._acks is not None:
                         self._acks.ask_again()
                     if self._subscriber is not None:
                         # A demoted master keeps its subscribers and, as a replica, even
                         # relays notices; watchers resync from the new master anyway.
                         self._subscriber.lose_all()
-                known = address
+                known = self.master_address = address
             if self._drop_idle:
                 self._drop_idle = False
                 await self.client.connection_pool.disconnect(inuse_connections=False)
@@ -127,6 +132,16 @@ class SentinelTransport:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_WATCH_SECONDS):
                     await self._ask_now.wait()
+
+    async def _drop_connections_to(self, address: Any) -> None:
+        """Disconnect every connection of the pool to `address`, idle or in use (a call
+        in flight there answers 10002: it may have run); those already made to the new
+        master stay."""
+        pool = self.client.connection_pool
+        connections = [*pool._available_connections, *pool._get_in_use_connections()]
+        for connection in connections:
+            if (getattr(connection, "host", None), getattr(connection, "port", None)) == tuple(address):
+                await connection.disconnect()
 
     def _faulted(self, exc: RedisError) -> None:
         if is_connection_fault(exc):
@@ -186,6 +201,7 @@ class SentinelTransport:
 
     async def close(self) -> None:
         self._closed = True
+        await self._switches.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
