@@ -23,16 +23,18 @@ from tests.failover.topology import redis_version
 def table(results: dict[tuple[int, str, str], list[Account]]) -> str:
     lines = [
         "| replicas | fault | ack | runs | acknowledged | lost (total) | runs with loss | 10002 no / maybe "
-        "| outage median / max (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| outage median / max (s) | after the switch, median / max (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (replicas, fault, ack), accounts in results.items():
         outages = [a.outage for a in accounts]
+        follows = [a.follow for a in accounts]
         lines.append(
             f"| {replicas} | {fault} | {ack} | {len(accounts)} | {sum(a.acknowledged for a in accounts):,} "
             f"| {sum(a.lost for a in accounts):,} | {sum(1 for a in accounts if a.lost)} "
             f"| {sum(a.failed_not_run for a in accounts):,} / {sum(a.failed_maybe for a in accounts):,} "
-            f"| {statistics.median(outages):.2f} / {max(outages):.2f} |"
+            f"| {statistics.median(outages):.2f} / {max(outages):.2f} "
+            f"| {statistics.median(follows):.2f} / {max(follows):.2f} |"
         )
     return "\n".join(lines)
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Final
 
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
+from service.storage.keys import group_key
 from tests.failover.load import Account, Load, account
 from tests.failover.run import AFTER, BEFORE, SETTLE, service_on_url
-from tests.support import redis_server_args
+from tests.support import IMPLICIT_APP, redis_server_args
 from tests.topologies import Process, cluster_port, wait_for
 
 CLUSTER_FAULTS: Final = ("kill", "cluster-failover")
@@ -116,6 +118,20 @@ class ClusterKit:
         masters = [port for port, role in roles.items() if role == b"master"]
         return len(masters) == 3 and old.port not in masters
 
+    def groups_on(self, master: Process, groups: set[str]) -> set[str]:
+        """Those of `groups` whose slot `master` serves."""
+        with master.client() as client:
+            ranges = [
+                (int(start), int(end))
+                for start, end, owner, *_ in client.execute_command("CLUSTER", "SLOTS")
+                if int(owner[1]) == master.port
+            ]
+        return {
+            group
+            for group in groups
+            if any(start <= key_slot(group_key(IMPLICIT_APP, group).encode()) <= end for start, end in ranges)
+        }
+
     def inspector(self) -> RedisCluster:
         alive = next(node for node in self.nodes if node.process is not None)
         return RedisCluster(host="127.0.0.1", port=alive.port, socket_timeout=5.0)
@@ -156,9 +172,11 @@ async def _drive(kit: ClusterKit, base_url: str, fault: str) -> Account:
     running = asyncio.ensure_future(load.run())
     await asyncio.sleep(BEFORE)
     old = kit.a_master()
+    affected = kit.groups_on(old, {call.group for call in load.calls})
     fault_at = time.monotonic()
     undo = inject(kit, fault, old)
     await asyncio.to_thread(wait_for, lambda: kit.serving(old), SETTLE, "another master for the slots")
+    switched_at = time.monotonic()
     await asyncio.sleep(AFTER)
     load.stopping = True
     await running
@@ -166,6 +184,6 @@ async def _drive(kit: ClusterKit, base_url: str, fault: str) -> Account:
     await asyncio.to_thread(wait_for, kit.healthy, SETTLE, "the old master back as a replica")
     inspector = kit.inspector()
     try:
-        return account(load.calls, inspector, fault_at)  # type: ignore[arg-type]
+        return account(load.calls, inspector, fault_at, switched_at, affected)  # type: ignore[arg-type]
     finally:
         inspector.close()

@@ -77,17 +77,28 @@ class Account:
     unanswered: int
     invented: int  # groups whose value is not the number of calls present in them
     outage: float  # seconds from the fault to the first acknowledgment after it
+    # Seconds from the moment every sentinel named the new master (as polled every 50 ms)
+    # to the first acknowledgment after it: the part of the outage that is the service's.
+    follow: float
 
     def line(self) -> str:
         return (
             f"acknowledged {self.acknowledged:,}, present {self.present:,}, lost {self.lost:,}, "
             f"10002 not run {self.failed_not_run:,}, 10002 maybe {self.failed_maybe:,}, "
-            f"unanswered {self.unanswered:,}, groups off {self.invented}, outage {self.outage:.2f} s"
+            f"unanswered {self.unanswered:,}, groups off {self.invented}, outage {self.outage:.2f} s "
+            f"(after the switch: {self.follow:.2f} s)"
         )
 
 
-def account(calls: list[Call], master: redis.Redis, fault_at: float) -> Account:
-    """What the final master holds of `calls`, exactly."""
+def account(
+    calls: list[Call],
+    master: redis.Redis,
+    fault_at: float,
+    switched_at: float,
+    affected: set[str] | None = None,
+) -> Account:
+    """What the final master holds of `calls`, exactly. The outage is measured on the
+    `affected` groups (those of the failed master on a Cluster), else on all."""
     present_keys = _present(calls, master)
     acknowledged = [c for c in calls if c.code == 0]
     present = sum(1 for c in acknowledged if c.key in present_keys)
@@ -95,8 +106,11 @@ def account(calls: list[Call], master: redis.Redis, fault_at: float) -> Account:
     values = _values(master, sorted({c.group for c in calls}))
     invented = sum(1 for group, value in values.items() if value != per_group.get(group, 0))
     failed = [c for c in calls if c.code == 10002]
-    after = [c.ended for c in acknowledged if c.started >= fault_at]
+    timed = [c for c in acknowledged if affected is None or c.group in affected]
+    after = [c.ended for c in timed if c.started >= fault_at]
     outage = (min(after) - fault_at) if after else float("inf")
+    after_switch = [c.ended for c in timed if c.ended >= switched_at]
+    follow = (min(after_switch) - switched_at) if after_switch else float("inf")
     return Account(
         acknowledged=len(acknowledged),
         present=present,
@@ -106,6 +120,7 @@ def account(calls: list[Call], master: redis.Redis, fault_at: float) -> Account:
         unanswered=sum(1 for c in calls if c.code is None),
         invented=invented,
         outage=outage,
+        follow=follow,
     )
 
 

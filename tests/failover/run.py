@@ -90,6 +90,7 @@ async def _drive(kit: SentinelKit, service: ServiceProcess, fault: str) -> Accou
     fault_at = time.monotonic()
     undo = inject(kit, fault, old)
     await asyncio.to_thread(wait_for, lambda: kit.settled(old), SETTLE, "the sentinels to name a new master")
+    switched_at = time.monotonic()
     await asyncio.sleep(AFTER)
     load.stopping = True
     await running
@@ -97,7 +98,7 @@ async def _drive(kit: SentinelKit, service: ServiceProcess, fault: str) -> Accou
     # The old master back, as a replica: what it acknowledged alone is gone for good now.
     await asyncio.to_thread(wait_for, lambda: _replica(old), SETTLE, "the old master to rejoin as a replica")
     with kit.master().client() as master:
-        return account(load.calls, master, fault_at)
+        return account(load.calls, master, fault_at, switched_at)
 
 
 def _replica(node: DataNode) -> bool:
