@@ -16,7 +16,8 @@ ARGV[4]  a fresh random token: the group's epoch when it has none yet (with ARGV
          and its incarnation when this is its first change
 ARGV[5]  how to announce the change: "PUBLISH", "SPUBLISH" (a Cluster) or "" (live counters off)
 ARGV[6]  the group's channel, <KEYS[1]>:changes, then :<db> on a database other than 0
-ARGV[7..] Keys to delete; none means every counter. Absent Keys are ignored.
+ARGV[7]  the idempotency record's lifetime in seconds (`idempotency_ttl`)
+ARGV[8..] Keys to delete; none means every counter. Absent Keys are ignored.
 
 Reply    {0}      done (or an identical request with this Idempotency-Key was done before)
          {60007}  the app is over its rate limit
@@ -43,8 +44,8 @@ if meta == "Community" then return {10007} end
 
 -- The Keys this call removes, named in the notice; the metadata fields stay.
 local gone = {}
-if #ARGV > 6 then
-  local asked = {unpack(ARGV, 7)}
+if #ARGV > 7 then
+  local asked = {unpack(ARGV, 8)}
   local present = redis.call("HMGET", group, unpack(asked))
   for i = 1, #asked do
     if present[i] then gone[#gone + 1] = asked[i] end
@@ -64,6 +65,6 @@ if #gone > 0 then
 end
 if ARGV[3] ~= "" then
   redis.call("HSET", group, EPOCH, epoch)
-  write_record(KEYS[3], epoch, ARGV[3], "")
+  write_record(KEYS[3], epoch, ARGV[3], "", ARGV[7])
 end
 return {0}

@@ -31,7 +31,8 @@ ARGV[4]  a fresh random token: the group's epoch when it has none yet (with ARGV
 ARGV[5]  how to announce the change: "PUBLISH", "SPUBLISH" (a Cluster) or "" (live counters off)
 ARGV[6]  the group's channel, <KEYS[1]>:changes, then :<db> on a database other than 0
 ARGV[7]  "set" or "add"
-ARGV[8..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
+ARGV[8]  the idempotency record's lifetime in seconds (`idempotency_ttl`)
+ARGV[9..] Key, Value, Key, Value, ... (1 to 20 pairs, Keys distinct). With "add",
          Value is the signed amount to add as a decimal string; a Decrease arrives
          negated, so it may be 9223372036854775808, one past int64.
 
@@ -53,7 +54,7 @@ local MAX_HI, MAX_LO, MIN_LO = 9223372036, 854775807, 854775808
 if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
 
 local keys, amounts = {}, {}
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   keys[#keys + 1] = ARGV[i]
   amounts[#amounts + 1] = ARGV[i + 1]
 end
@@ -147,7 +148,7 @@ end
 redis.call("HSET", group, unpack(fields))
 if ARGV[3] ~= "" then
   -- Written with the update, in the group's slot: a failover loses both or neither.
-  write_record(KEYS[3], epoch, ARGV[3], table.concat(new, ","))
+  write_record(KEYS[3], epoch, ARGV[3], table.concat(new, ","), ARGV[8])
 end
 announce(ARGV[5], ARGV[6], incarnation, version, "u", changed)
 return {0, unpack(new)}

@@ -122,6 +122,7 @@ def create_app(
         ack_wait=config.ack_timeout if config.ack == "replicas" else None,
     )
     store.live = config.live_counters
+    store.record_ttl = config.idempotency_ttl
     readiness = Readiness(store)
     commands = CommandEndpoint(settings, store, COMMAND_PREFIX)
     watch = WatchEndpoint(settings, store, commands.access, commands.request_ids)

@@ -24,7 +24,9 @@ ACK_WAIT = 0.3
 
 def increase(store: Store, group: str) -> ScriptCall:
     key = f"{{1:{group}}}"
-    return ScriptCall(UPDATE_COUNTERS, [key, key, key], ["0", "0", "", "token", "", "", "add", "a", "1"])
+    return ScriptCall(
+        UPDATE_COUNTERS, [key, key, key], ["0", "0", "", "token", "", "", "add", "86400", "a", "1"]
+    )
 
 
 async def increase_all(store: Store, groups: list[str]) -> list[BaseException | object]:

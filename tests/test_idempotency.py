@@ -6,8 +6,12 @@ import json
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from tests.support import OTHER_APP, REGISTERED_APP, Api, group_key, query
+from service.app import create_app
+from service.config import ConfigError, parse_config
+from tests.backends import empty_store
+from tests.support import CONFIG, OTHER_APP, REGISTERED_APP, Api, group_key, query
 
 UPDATE = "update_group_counter"
 DELETE = "delete_group_counter"
@@ -141,3 +145,22 @@ def test_a_record_holds_a_digest_of_the_request_and_the_reply_not_the_request(ap
     int(digest, 16)  # hex
     assert reply == b"5"
     assert b"a-long-key-name" not in record
+
+
+def test_the_record_lives_idempotency_ttl_seconds(backend: str, request: pytest.FixtureRequest) -> None:
+    settings = parse_config("idempotency_ttl = 120\n" + CONFIG, environ={})
+    store, inspector = empty_store(backend, request)
+    with TestClient(create_app(settings, store)) as client:
+        api = Api(client=client, inspector=inspector)
+        api.create("g")
+        assert _post(api, UPDATE, _increase("g", 5), "short-1")["ErrorCode"] == 0
+        assert _post(api, DELETE, {"GroupId": "g", "GroupCounterKeys": ["zz"]}, "short-2")["ErrorCode"] == 0
+        for key in (b"short-1", b"short-2"):
+            assert 110 <= inspector.ttl(group_key(REGISTERED_APP, "g") + b":idempotency:" + key) <= 120
+    inspector.close()
+
+
+@pytest.mark.parametrize("seconds", [59, 604_801, 0])
+def test_idempotency_ttl_outside_a_minute_to_a_week_is_refused(seconds: int) -> None:
+    with pytest.raises(ConfigError, match="idempotency_ttl"):
+        parse_config(f"idempotency_ttl = {seconds}\n" + CONFIG, environ={})

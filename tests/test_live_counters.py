@@ -235,7 +235,7 @@ def test_last_event_id_of_a_destroyed_and_recreated_group_never_continues(
 def _update_without_notice(inspector: redis.Redis, group_id: str, key: str, value: int) -> None:
     """A change the watchers never hear of: the script with live counters off."""
     group = group_key_text(REGISTERED_APP, group_id)
-    args = ["1", "0", "", "token", "", "", "set", key, str(value)]
+    args = ["1", "0", "", "token", "", "", "set", "86400", key, str(value)]
     inspector.eval(UPDATE_COUNTERS.source, 3, group, group, group, *args)
 
 

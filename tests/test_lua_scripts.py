@@ -289,7 +289,7 @@ def add_reply(client: redis.Redis, old: int | None, amount: int, key: str = "c")
     if old is not None:
         client.hset(HASH, key, str(old))
     script = client.register_script(UPDATE_COUNTERS.source)
-    return script(keys=[HASH, HASH, HASH], args=["0", "0", "", "t", "", "", "add", key, str(amount)])
+    return script(keys=[HASH, HASH, HASH], args=["0", "0", "", "t", "", "", "add", "86400", key, str(amount)])
 
 
 def expected_reply(old: int | None, amount: int, key: str = "c") -> list[Any]:
@@ -341,7 +341,7 @@ def test_update_counters_overflow_in_one_key_changes_no_key(scripting: redis.Red
     scripting.delete(HASH)
     scripting.hset(HASH, mapping={"a": "1", "b": str(INT64_MAX)})
     script = scripting.register_script(UPDATE_COUNTERS.source)
-    reply = script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "a", "1", "new", "5", "b", "1"])
+    reply = script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "86400", "a", "1", "new", "5", "b", "1"])
     assert reply == [10004, b"b"]
     assert scripting.hgetall(HASH) == {b"a": b"1", b"b": str(INT64_MAX).encode()}
     assert scripting.hget(HASH, VERSION) is None, "a failed call raises no version"
@@ -352,11 +352,11 @@ def test_update_counters_checks_overflow_before_key_count(scripting: redis.Redis
     scripting.hset(HASH, mapping={f"k{i:02d}": str(INT64_MAX) for i in range(20)})
     script = scripting.register_script(UPDATE_COUNTERS.source)
     before = scripting.hgetall(HASH)
-    assert script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "new", "1", "k00", "1"]) == [
+    assert script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "86400", "new", "1", "k00", "1"]) == [
         10004,
         b"k00",
     ]
-    assert script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "new", "1", "k00", "-1"]) == [
+    assert script(keys=[HASH, HASH, HASH], args=[*NO_NOTICE, "add", "86400", "new", "1", "k00", "-1"]) == [
         10063,
         21,
     ]
@@ -367,7 +367,7 @@ def test_update_counters_set_stores_the_value_unchanged(scripting: redis.Redis) 
     scripting.delete(HASH)
     script = scripting.register_script(UPDATE_COUNTERS.source)
     values = [INT64_MIN, INT64_MAX, -(2**53) - 1, 2**53 + 1, 0, -1]
-    args: list[str] = [*NO_NOTICE, "set"]
+    args: list[str] = [*NO_NOTICE, "set", "86400"]
     for i, value in enumerate(values):
         args += [f"k{i}", str(value)]
     assert script(keys=[HASH, HASH, HASH], args=args) == [0, *(str(v).encode() for v in values)]

@@ -16,7 +16,7 @@ from service.storage.transports.sentinel import SentinelTransport
 from tests.topologies import MASTER_NAME, SentinelSetup, wait_for
 
 KEY = "{1:switch}"
-CALL = ScriptCall(UPDATE_COUNTERS, [KEY, KEY, KEY], ["0", "0", "", "token", "", "", "add", "a", "1"])
+CALL = ScriptCall(UPDATE_COUNTERS, [KEY, KEY, KEY], ["0", "0", "", "token", "", "", "add", "86400", "a", "1"])
 
 
 @pytest.fixture

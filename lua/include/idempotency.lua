@@ -1,5 +1,6 @@
 -- idempotency (included after the header of the scripts that record their outcome):
--- a record is "<epoch>\n<fingerprint>\n<outcome>", kept 24 h, in the group's slot.
+-- a record is "<epoch>\n<fingerprint>\n<outcome>", kept `idempotency_ttl` seconds (24 h by
+-- default), in the group's slot.
 -- It is replayed only while the group holds the epoch it names: a destroyed group
 -- (no epoch) or a re-created one (another epoch) makes it a stranger, ignored and
 -- then overwritten. A record of before epochs, "<fingerprint>\n<outcome>", is
@@ -23,6 +24,6 @@ local function replay_record(record_key, epoch, fingerprint)
   return string.sub(body, #fingerprint + 2)
 end
 
-local function write_record(record_key, epoch, fingerprint, outcome)
-  redis.call("SET", record_key, epoch .. "\n" .. fingerprint .. "\n" .. outcome, "EX", 86400)
+local function write_record(record_key, epoch, fingerprint, outcome, seconds)
+  redis.call("SET", record_key, epoch .. "\n" .. fingerprint .. "\n" .. outcome, "EX", seconds)
 end

@@ -166,6 +166,7 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
                 call.store.announce,
                 changes_channel(group, call.store.db),
                 operation,
+                call.store.record_ttl,
                 *pairs,
             ],
         )
@@ -220,6 +221,7 @@ async def delete_group_counter(call: Call, request: DeleteGroupCounter) -> bytes
                 token,
                 call.store.announce,
                 changes_channel(group, call.store.db),
+                call.store.record_ttl,
                 *keys,
             ],
         )

@@ -58,6 +58,8 @@ class Store:
         self.transport = transport
         # `live_counters`: whether scripts announce their changes (docs/API.md §8).
         self.live = live
+        # `idempotency_ttl`: how long an Idempotency-Key's record is kept, in seconds.
+        self.record_ttl = 86400
 
     @property
     def announce(self) -> str:

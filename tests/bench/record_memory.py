@@ -4,7 +4,8 @@
 
 On a redis-server of its own: update_counters.lua as the service calls it, `--records`
 times with and then without an Idempotency-Key, on 100 groups; the difference of
-used_memory, per call, is what a record costs for the 24 h it lives. Two shapes: a
+used_memory, per call, is what a record costs for the `idempotency_ttl` it lives (24 h by
+default). Two shapes: a
 36-character key (a UUID) with 2 counters, and the largest a call can make (a
 128-character key, 20 counters of 19 digits).
 """
@@ -35,7 +36,20 @@ def used_by(client: redis.Redis, sha: str, records: int, key_length: int, counte
             record = f"{group}:idempotency:{secrets.token_hex(key_length)[:key_length]}"
             fingerprint = _fingerprint("update_group_counter", ["set", *pairs, i])
         pipe.evalsha(
-            sha, 3, group, group, record, "0", "0", fingerprint, secrets.token_hex(8), "", "", "set", *pairs
+            sha,
+            3,
+            group,
+            group,
+            record,
+            "0",
+            "0",
+            fingerprint,
+            secrets.token_hex(8),
+            "",
+            "",
+            "set",
+            86400,
+            *pairs,
         )
         if i % 500 == 499:
             pipe.execute()

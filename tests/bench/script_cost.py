@@ -56,14 +56,23 @@ def usec_of(client: redis.Redis, commands: tuple[str, ...], run: Callable[[], No
     return sum(float(stats[f"cmdstat_{name}"]["usec"]) for name in commands if f"cmdstat_{name}" in stats)
 
 
-def script_calls(client: redis.Redis, sha: str, calls: int, hot: bool) -> Callable[[], None]:
+def argv_of(source: str) -> list[str | int]:
+    """The fixed ARGV of an Increase of like and gift by 1, as that version takes it
+    (ARGV[8], the record's lifetime, came with `idempotency_ttl`)."""
+    fixed: list[str | int] = ["0", "0", "", "t0k3n", "", "", "add"]
+    if "ARGV[8]  the idempotency record's lifetime" in source:
+        fixed.append(86400)
+    return [*fixed, "like", 1, "gift", 1]
+
+
+def script_calls(
+    client: redis.Redis, sha: str, argv: list[str | int], calls: int, hot: bool
+) -> Callable[[], None]:
     def run() -> None:
         pipe = client.pipeline(transaction=False)
         for i in range(calls):
             group = "{1400000000:hot}" if hot else f"{{1400000000:g{i % 10_000}}}"
-            pipe.evalsha(
-                sha, 3, group, group, group, "0", "0", "", "t0k3n", "", "", "add", "like", 1, "gift", 1
-            )
+            pipe.evalsha(sha, 3, group, group, group, *argv)
             if i % BATCH == BATCH - 1:
                 pipe.execute()
         pipe.execute()
@@ -94,19 +103,18 @@ def main() -> None:
     server = RedisServer().start()
     try:
         client = redis.Redis.from_url(server.url)
-        scripts = {
-            args.ref: client.script_load(source_at(args.ref)),
-            "tree": client.script_load(UPDATE_COUNTERS.source),
-        }
+        sources = {args.ref: source_at(args.ref), "tree": UPDATE_COUNTERS.source}
+        scripts = {name: (client.script_load(source), argv_of(source)) for name, source in sources.items()}
         rows: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             bare = usec_of(client, ("hincrby",), hincrby_pairs(client, args.calls)) / args.calls
             rows.setdefault("HINCRBY pair", []).append(bare)
-            for name, sha in scripts.items():
+            for name, (sha, argv) in scripts.items():
                 for hot in (False, True):
                     label = f"{name}, {'one hot group' if hot else 'spread groups'}"
                     usec = (
-                        usec_of(client, ("evalsha",), script_calls(client, sha, args.calls, hot)) / args.calls
+                        usec_of(client, ("evalsha",), script_calls(client, sha, argv, args.calls, hot))
+                        / args.calls
                     )
                     rows.setdefault(label, []).append(usec)
                     rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
