@@ -58,6 +58,10 @@ def _replace(path: str, pattern: str, replacement: str, *, count: int = 0) -> No
 def bump(old: str, new: str) -> None:
     _replace("pyproject.toml", r'^version = "[^"]+"', f'version = "{new}"', count=1)
     _replace("Dockerfile", r"^ARG VERSION=\S+", f"ARG VERSION={new}")
+    # uv.lock: only the project's own entry changes. Edited in place rather than by
+    # `uv lock --offline`, which re-resolves every platform's split and needs the package
+    # index for wheels this machine never downloaded (it failed on a fresh cache).
+    _replace("uv.lock", r'^(name = "group-counter-service"\nversion = )"[^"]+"', rf'\g<1>"{new}"', count=1)
     _replace("deploy/base/kustomization.yaml", r"^(\s+newTag:) \S+", rf"\g<1> {new}")
     tag = re.escape(f"{IMAGE}:{old}")
     for path in ("docker-compose.yml", "README.md", "deploy/overlays/dev/kustomization.yaml"):
@@ -101,16 +105,16 @@ def release(new: str, uv: str, day: str) -> None:
     try:
         changelog(new, day)
         bump(old, new)
-        # Only the project's own entry changes: --offline, nothing is re-resolved.
-        locked = subprocess.run(
-            [uv, "lock", "--offline", "--python", sys.executable],
+        # The lock still matches pyproject.toml (what `uv sync --frozen` installs from).
+        checked = subprocess.run(
+            [uv, "lock", "--check", "--offline", "--python", sys.executable],
             cwd=ROOT,
             capture_output=True,
             text=True,
             check=False,
         )
-        if locked.returncode != 0:
-            raise ReleaseError(f"uv lock: {locked.stderr.strip()}")
+        if checked.returncode != 0:
+            raise ReleaseError(f"uv lock --check: {checked.stderr.strip()}")
     except (ReleaseError, OSError):
         git("checkout", "--", ".")  # the tree was clean: leave it as it was
         raise

@@ -28,7 +28,6 @@ class Gate:
         self.cut_off = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._others: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self._open: asyncio.Event | None = None  # set while not cut off
 
@@ -44,24 +43,20 @@ class Gate:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")[0]
-        other = peer != SERVICE_ADDRESS
+        other = writer.get_extra_info("peername")[0] != SERVICE_ADDRESS
         gate = self._open if other else None
-        if gate is not None:
-            await gate.wait()
         try:
+            if gate is not None:
+                await gate.wait()
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            try:
+                await asyncio.gather(_pipe(reader, up_writer, gate), _pipe(up_reader, writer, gate))
+            finally:
+                up_writer.transport.abort()
         except OSError:
-            writer.transport.abort()
-            return
-        if other:
-            self._others.add(writer)
-        try:
-            await asyncio.gather(_pipe(reader, up_writer, gate), _pipe(up_reader, writer, gate))
+            pass  # the node is down: the client sees its connection closed, as behind any proxy
         finally:
-            self._others.discard(writer)
             writer.transport.abort()
-            up_writer.transport.abort()
 
     def cut(self) -> None:
         self._loop.call_soon_threadsafe(self._cut)
@@ -83,12 +78,15 @@ class Gate:
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for writer in list(self._others):
-                writer.transport.abort()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 async def _pipe(
