@@ -16,6 +16,8 @@ from service.errors import ServiceError
 from service.storage.scripts import UPDATE_COUNTERS, ScriptCall
 from service.storage.store import Store, open_store
 from service.storage.transports import acks
+from service.storage.transports.acks import AckedConnections
+from service.storage.urls import parse
 from tests.support import CONFIG
 from tests.topologies import ReplicatedRedis, SentinelSetup, wait_for
 
@@ -166,3 +168,21 @@ def test_ack_replicas_through_sentinel_holds_the_reply_until_the_replica_has_it(
         assert all(isinstance(o, ServiceError) and o.applied == "maybe" for o in outcomes[1:]), outcomes
     finally:
         setup.stop()
+
+
+def test_a_retired_node_is_asked_role_no_more(two_replicas: ReplicatedRedis) -> None:
+    """A Cluster node that left the slot map: its connections retire, and so does the
+    task that reads its ROLE every second."""
+
+    async def scenario() -> bool:
+        connections = AckedConnections(parse(two_replicas.url), timeout=1.0, wait=ACK_WAIT, max_pending=100)
+        await connections.execute("PING")
+        task = connections.replicas._task
+        assert task is not None
+        connections.retire()
+        await asyncio.sleep(0.1)
+        done = task.done()
+        connections.close()
+        return done
+
+    assert asyncio.run(scenario())

@@ -295,8 +295,11 @@ class AckedConnections:
         return any(connection.connected for connection in self.connections)
 
     def retire(self) -> None:
+        """As PipelinedConnection.retire; the node left: its ROLE is asked no more (the
+        calls already written wait for their batches' WAITs, sent with them)."""
         for connection in self.connections:
             connection.retire()
+        self.replicas.close()
 
     def close(self) -> None:
         for connection in self.connections:
