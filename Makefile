@@ -147,7 +147,7 @@ lint: $(STAMP)
 test: $(STAMP) redis-server lint
 	$(PY) -m pytest
 
-.PHONY: test-slow  ## The long runs too: property tests, fault proxy, the failover kit (about an hour)
+.PHONY: test-slow  ## The long runs too: property tests, fault proxy, the failover kit (well over an hour)
 test-slow: $(STAMP) redis-server
 	$(PY) -m pytest -m slow --timeout 1200
 
