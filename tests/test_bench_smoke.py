@@ -24,6 +24,8 @@ ROWS = (
     "update_group_counter with an Idempotency-Key",
     "update_group_counter, rate-limited app",
     "update_group_counter on a 3-master Redis Cluster",
+    "update_group_counter, every call on one group",
+    "get_group_counter, every call on one group",
     'update_group_counter, a master with one replica, ack = "primary"',
     'update_group_counter, a master with one replica, ack = "replicas"',
 )
@@ -74,7 +76,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         assert re.search(row, text, re.MULTILINE), label
     assert re.search(r"\*\*-?\d+\.\d bytes per hash\*\*", text)
     assert re.search(
-        r"^\| 16 \| final counters = sum of acknowledged increments .* \| PASS \|$", text, re.MULTILINE
+        r"^\| 18 \| final counters = sum of acknowledged increments .* \| PASS \|$", text, re.MULTILINE
     )
     data = json.loads(text.split("<!-- bench-data: ", 1)[1].split(" -->", 1)[0])
     rows = {"update": data["throughput"], **data["rows"]}

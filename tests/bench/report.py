@@ -159,7 +159,7 @@ def render(data: dict[str, Any], chart_link: str | None) -> str:
         "received it whole). PASS means a = acknowledged + applied-but-unanswered with the latter "
         "between 0 and the unanswered count, b = 2a in every group; the open-loop driver waits for every "
         "answer, so its calls are all acknowledged or failed. The main groups' ledger holds the "
-        "headline update, the log_level warning row and the Idempotency-Key row.",
+        "headline update, the log_level warning row, the Idempotency-Key row and the one-group update row.",
         "",
     ]
     out += render_other_sets(data)

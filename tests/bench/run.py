@@ -54,7 +54,7 @@ from tests.bench.exactness import exactness_overall
 from tests.bench.machine import BenchError, require_tools
 from tests.bench.phases import Options, measure
 from tests.bench.report import draw_chart, previous_data, print_summary, render
-from tests.bench.rows import OPTIONAL_ROWS
+from tests.bench.row_specs import OPTIONAL_ROWS
 from tests.bench.servers import ROOT
 
 LOAD_FRACTIONS: Final = (0.25, 0.5, 0.75, 0.9)
