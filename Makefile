@@ -81,6 +81,14 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "promtool is missing: sudo apt-get install --no-install-recommends prometheus" >&2; exit 1; fi; }
 
+# Valkey 8 (the Redis 7.2 fork, with WAITAOF) for the tests of ack_fsync, which Debian's
+# Redis 7.0 cannot run: bookworm-backports' package, checked by apt, unpacked into .tools/.
+# (tests/support.py finds it there; the stamp, as the binary's own date is the package's.)
+VALKEY := .tools/valkey/.fetched
+$(VALKEY): tests/tools/fetch_valkey.sh
+	bash tests/tools/fetch_valkey.sh .tools/valkey
+	touch $(VALKEY)
+
 .PHONY: run  ## Serve on HOST:PORT (default 127.0.0.1:8080) with the embedded store and the dev config
 run: $(RUN_STAMP)
 	@$(PY) -m service curl-example --config $(DEV_CONFIG) --host $(HOST) --port $(PORT) --require-free-port
@@ -144,11 +152,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 .PHONY: test  ## Lint, then every test against a real redis-server and the embedded store
-test: $(STAMP) redis-server lint
+test: $(STAMP) redis-server $(VALKEY) lint
 	$(PY) -m pytest
 
 .PHONY: test-slow  ## The long runs too: property tests, fault proxy, the failover kit (well over an hour)
-test-slow: $(STAMP) redis-server
+test-slow: $(STAMP) redis-server $(VALKEY)
 	$(PY) -m pytest -m slow --timeout 1200
 
 .PHONY: help  ## This list

@@ -119,7 +119,7 @@ def create_app(
         settings.redis_url,
         timeout=config.redis_timeout,
         max_pending=config.redis_max_pending,
-        ack_wait=config.ack_timeout if config.ack == "replicas" else None,
+        ack=config.ack_policy(),
     )
     store.live = config.live_counters
     store.record_ttl = config.idempotency_ttl

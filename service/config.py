@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 import msgspec
 
 from service.storage import urls
+from service.storage.transports.acks import Ack
 
 GroupMode = Literal["registered", "implicit"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -71,6 +72,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # later, else 10002 with Applied "maybe".
     ack: Literal["primary", "replicas"] = "primary"
     ack_timeout: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
+    # And on disk: acknowledged only once it is fsynced to the AOF of the master (and of
+    # every replica `ack = "replicas"` waits for), by WAITAOF: Redis 7.2+ or Valkey, with
+    # appendonly yes. On a Redis that cannot, every call is refused, not acknowledged.
+    ack_fsync: bool = False
+
+    def ack_policy(self) -> Ack | None:
+        """What a write waits for beyond the master's apply; None: nothing."""
+        if self.ack == "primary" and not self.ack_fsync:
+            return None
+        return Ack(replicas=self.ack == "replicas", fsync=self.ack_fsync, wait=self.ack_timeout)
+
     # How long an Idempotency-Key's record is kept (its replay window), in seconds: each
     # costs Redis 290 to 810 bytes for that long (README, "How it stores counters"). From a
     # minute (a retry loop's horizon) to 7 days (a client's longest offline retry queue).
@@ -321,6 +333,11 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
                 mistakes.append(
                     'ack = "replicas" needs a Redis with replicas; the in-memory store has none '
                     '(say ack = "primary", or point redis_url at a Redis)'
+                )
+            if parsed.embedded and config.ack_fsync:
+                mistakes.append(
+                    "ack_fsync needs a Redis with an AOF on disk; the in-memory store keeps nothing "
+                    "(say ack_fsync = false, or point redis_url at a Redis)"
                 )
     if mistakes:
         raise ConfigError(_listed(mistakes))

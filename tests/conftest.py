@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.config import Settings, parse_config
 from tests.backends import BACKENDS, empty_store
-from tests.support import CONFIG, Api, RedisServer
+from tests.support import AOF_ALWAYS, CONFIG, Api, RedisServer
 from tests.topologies import Cluster, ReplicatedRedis
 
 
@@ -32,6 +32,14 @@ def redis_cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def replicated_redis() -> Iterator[ReplicatedRedis]:
     master = ReplicatedRedis().start()
+    yield master
+    master.stop()
+
+
+@pytest.fixture(scope="session")
+def fsynced_valkey() -> Iterator[ReplicatedRedis]:
+    """A Valkey master and replica, each with an AOF fsynced at every write (ack_fsync)."""
+    master = ReplicatedRedis(binary="valkey-server", persistence=AOF_ALWAYS).start()
     yield master
     master.stop()
 

@@ -104,6 +104,10 @@ def redis_server_args(port: int) -> list[str]:
 
 
 NOTHING_ON_DISK: Final = ("--save", "", "--appendonly", "no")
+# Every write fsynced to the AOF before the next is taken: WAITAOF answers at once.
+AOF_ALWAYS: Final = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
+# Valkey 8 (Redis 7.2's fork, with WAITAOF) for ack_fsync: the Makefile fetches it here.
+VALKEY_SERVER: Final = Path(__file__).resolve().parent.parent / ".tools/valkey/usr/bin/valkey-server"
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.exceptions import RedisError
 
-from service.storage.transports.acks import AckedConnections
+from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.faults import certainly_not_run
 from service.storage.urls import parse
 from tests.test_pipelined import _commands, scripted_redis
@@ -41,7 +41,10 @@ async def timed_outcomes(on_wait: Reaction) -> tuple[list[Any], float]:
     """Five calls' outcomes, and how long they took to come (not counting the fake's end)."""
     async with scripted_redis(fake_redis(on_wait)) as port:
         connections = AckedConnections(
-            parse(f"redis://127.0.0.1:{port}/0"), timeout=0.5, wait=0.2, max_pending=100
+            parse(f"redis://127.0.0.1:{port}/0"),
+            timeout=0.5,
+            ack=Ack(replicas=True, fsync=False, wait=0.2),
+            max_pending=100,
         )
         loop = asyncio.get_running_loop()
         started = loop.time()

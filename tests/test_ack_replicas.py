@@ -16,12 +16,14 @@ from service.errors import ServiceError
 from service.storage.scripts import UPDATE_COUNTERS, ScriptCall
 from service.storage.store import Store, open_store
 from service.storage.transports import acks
-from service.storage.transports.acks import AckedConnections
+from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.urls import parse
 from tests.support import CONFIG
 from tests.topologies import ReplicatedRedis, SentinelSetup, wait_for
 
 ACK_WAIT = 0.3
+ACK = Ack(replicas=True, fsync=False, wait=ACK_WAIT)
+PATIENT = Ack(replicas=True, fsync=False, wait=2.0)
 
 
 def increase(store: Store, group: str) -> ScriptCall:
@@ -53,7 +55,7 @@ def test_an_acknowledged_update_is_on_every_replica_when_it_is_acknowledged(
     replicas = [replica.client() for replica in two_replicas.replicas]
 
     async def scenario() -> None:
-        store = open_store(two_replicas.url, timeout=1.0, ack_wait=2.0)
+        store = open_store(two_replicas.url, timeout=1.0, ack=PATIENT)
         for round_ in range(1, 6):
             outcomes = await increase_all(store, groups)
             assert not [o for o in outcomes if isinstance(o, BaseException)]
@@ -72,7 +74,7 @@ def test_a_replica_that_does_not_confirm_fails_the_write_within_the_ack_timeout(
     assert stopped is not None
 
     async def scenario() -> tuple[list[BaseException | object], float]:
-        store = open_store(two_replicas.url, timeout=1.0, ack_wait=ACK_WAIT)
+        store = open_store(two_replicas.url, timeout=1.0, ack=ACK)
         await increase_all(store, ["warm"])
         stopped.send_signal(19)  # SIGSTOP: connected, confirms nothing
         started = time.monotonic()
@@ -98,7 +100,7 @@ def test_a_replica_that_leaves_is_still_waited_for_then_not_past_the_shrink_dela
     monkeypatch.setattr(acks, "SHRINK_AFTER", 3.0)
 
     async def scenario() -> tuple[list[BaseException | object], list[BaseException | object]]:
-        store = open_store(two_replicas.url, timeout=1.0, ack_wait=ACK_WAIT)
+        store = open_store(two_replicas.url, timeout=1.0, ack=ACK)
         await increase_all(store, ["warm"])
         two_replicas.replicas[1].stop()
         two_replicas.replicas.pop()
@@ -119,7 +121,11 @@ def test_a_node_that_answers_role_as_a_replica_gets_no_write(two_replicas: Repli
     replica = two_replicas.replicas[0]
 
     async def scenario() -> list[BaseException | object]:
-        store = open_store(f"redis://127.0.0.1:{replica.port}/0", timeout=1.0, ack_wait=ACK_WAIT)
+        store = open_store(
+            f"redis://127.0.0.1:{replica.port}/0",
+            timeout=1.0,
+            ack=ACK,
+        )
         outcomes = await increase_all(store, ["g"])
         await store.close()
         return outcomes
@@ -144,7 +150,7 @@ def test_ack_replicas_through_sentinel_holds_the_reply_until_the_replica_has_it(
         groups = [f"g{n % 8}" for n in range(200)]
 
         async def scenario() -> list[BaseException | object]:
-            store = open_store(setup.url, timeout=1.0, ack_wait=2.0)
+            store = open_store(setup.url, timeout=1.0, ack=PATIENT)
             outcomes = await increase_all(store, groups)
             for group in set(groups):  # read at once
                 assert held(replica, group) == 25
@@ -175,7 +181,7 @@ def test_a_retired_node_is_asked_role_no_more(two_replicas: ReplicatedRedis) -> 
     task that reads its ROLE every second."""
 
     async def scenario() -> bool:
-        connections = AckedConnections(parse(two_replicas.url), timeout=1.0, wait=ACK_WAIT, max_pending=100)
+        connections = AckedConnections(parse(two_replicas.url), timeout=1.0, ack=ACK, max_pending=100)
         await connections.execute("PING")
         task = connections.replicas._task
         assert task is not None

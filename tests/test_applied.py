@@ -29,6 +29,7 @@ from service.app import create_app
 from service.config import Settings
 from service.storage.scripts import UPDATE_COUNTERS
 from service.storage.store import Store, open_store
+from service.storage.transports.acks import Ack
 from service.storage.transports.base import no_retry
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.faults import NotAcknowledged, certainly_not_run
@@ -226,7 +227,7 @@ def test_a_replica_that_does_not_confirm_answers_maybe_applied_and_the_master_ho
     try:
         replica = topology.replicas[0].process
         assert replica is not None
-        store = open_store(topology.url, timeout=1.0, ack_wait=0.3)
+        store = open_store(topology.url, timeout=1.0, ack=Ack(replicas=True, fsync=False, wait=0.3))
         try:
             # SIGSTOP: still connected, never confirms
             reply = increase(store, settings, lambda: replica.send_signal(19))

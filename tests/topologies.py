@@ -18,13 +18,20 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from tests.support import NOTHING_ON_DISK, free_port, redis_server_args
+from tests.support import NOTHING_ON_DISK, VALKEY_SERVER, free_port, redis_server_args
 
 CLUSTER_BUS_OFFSET = 10_000
 MASTER_NAME = "countermaster"
 
 
 def _binary(name: str) -> str:
+    if name == "valkey-server":  # Redis 7.2's fork, for WAITAOF: the Makefile fetches it
+        if not VALKEY_SERVER.exists():
+            raise RuntimeError(
+                f"{VALKEY_SERVER} is missing: `make test` fetches it "
+                "(bash tests/tools/fetch_valkey.sh .tools/valkey)"
+            )
+        return str(VALKEY_SERVER)
     path = shutil.which(name)
     if path is None:
         raise RuntimeError(f"{name} is not installed: run `make redis-server` (apt-get install redis-server)")
@@ -67,11 +74,12 @@ class Process:
     args: list[str]
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    binary: str = "redis-server"
 
     def start(self) -> Process:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [_binary("redis-server"), *self.args, "--logfile", str(self.workdir / "redis.log")],
+            [_binary(self.binary), *self.args, "--logfile", str(self.workdir / "redis.log")],
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -288,6 +296,10 @@ class ReplicatedRedis:
     master: Process | None = None
     replicas: list[Process] = field(default_factory=list)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="redis-replicated-")))
+    binary: str = "redis-server"
+    # Each node's, e.g. an AOF for ack_fsync (its replicas' by default too).
+    persistence: tuple[str, ...] = NOTHING_ON_DISK
+    replica_persistence: tuple[str, ...] | None = None
 
     @property
     def url(self) -> str:
@@ -297,21 +309,38 @@ class ReplicatedRedis:
     def start(self) -> ReplicatedRedis:
         port = free_port()
         # The replica syncs at once, not after diskless sync's usual 5 s.
-        args = [*redis_server_args(port), *NOTHING_ON_DISK, "--repl-diskless-sync-delay", "0"]
-        self.master = Process(port, args, self.root / "master").start()
+        args = [*redis_server_args(port), *self.persistence, "--repl-diskless-sync-delay", "0"]
+        self.master = Process(port, args, self.root / "master", binary=self.binary).start()
         self.master.wait_ready()
         for n in range(self.count):
             replica_port = free_port()
             replica_args = [
                 *redis_server_args(replica_port),
-                *NOTHING_ON_DISK,
+                *(self.persistence if self.replica_persistence is None else self.replica_persistence),
                 *("--replicaof", "127.0.0.1", str(port)),
             ]
-            replica = Process(replica_port, replica_args, self.root / f"replica-{n}").start()
+            replica = Process(
+                replica_port, replica_args, self.root / f"replica-{n}", binary=self.binary
+            ).start()
             replica.wait_ready()
             self.replicas.append(replica)
         wait_for(self.in_sync, 20, f"{self.count} replicas in sync")
+        replica_persistence = (
+            self.persistence if self.replica_persistence is None else self.replica_persistence
+        )
+        if self.binary == "valkey-server" and "yes" in replica_persistence:
+            # A replica rewrites its AOF after its first sync and confirms no fsync until done.
+            wait_for(self.fsyncing, 30, f"{self.count} replicas fsyncing their AOF")
         return self
+
+    def fsyncing(self) -> bool:
+        """A write is fsynced by every replica within 100 ms (WAITAOF: Redis 7.2+, Valkey)."""
+        assert self.master is not None
+        with self.master.client() as client:
+            client.set("topology:fsync-probe", 1)
+            fsynced = client.execute_command("WAITAOF", 0, len(self.replicas), 100)[1] == len(self.replicas)
+            client.delete("topology:fsync-probe")
+            return bool(fsynced)
 
     def in_sync(self) -> bool:
         """Every replica is online: the master lists it in ROLE."""

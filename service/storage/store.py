@@ -19,7 +19,7 @@ from service.errors import ErrorCode, ServiceError
 from service.ops.metrics import TALLY
 from service.storage.keys import READINESS_KEY
 from service.storage.scripts import GET_COUNTERS, ScriptCall, ScriptReply
-from service.storage.transports import Transport, open_transport
+from service.storage.transports import Ack, Transport, open_transport
 from service.storage.transports.faults import certainly_not_run
 from service.storage.urls import EMBEDDED
 
@@ -28,12 +28,8 @@ log = logging.getLogger("service.store")
 EMBEDDED_URL: Final = f"{EMBEDDED}://"
 
 
-def open_store(
-    url: str, *, timeout: float, max_pending: int = 10_000, ack_wait: float | None = None
-) -> Store:
-    return Store(
-        open_transport(url, timeout=timeout, max_pending=max_pending, on_flush=TALLY.batch, ack_wait=ack_wait)
-    )
+def open_store(url: str, *, timeout: float, max_pending: int = 10_000, ack: Ack | None = None) -> Store:
+    return Store(open_transport(url, timeout=timeout, max_pending=max_pending, on_flush=TALLY.batch, ack=ack))
 
 
 def unavailable(name: str, exc: RedisError) -> ServiceError:

@@ -34,7 +34,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import ScriptArg, ScriptCall, ScriptReply
-from service.storage.transports.acks import AckedConnections
+from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.base import Gate, no_retry, run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.faults import is_connection_fault
@@ -78,7 +78,7 @@ class ClusterTransport:
         timeout: float,
         max_pending: int,
         on_flush: Callable[[int], None] | None = None,
-        ack_wait: float | None = None,
+        ack: Ack | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if url.tls:
@@ -104,7 +104,7 @@ class ClusterTransport:
         self._timeout = timeout
         self._max_pending = max_pending
         self._on_flush = on_flush
-        self._ack_wait = ack_wait
+        self._ack = ack
         self._connections: dict[str, PipelinedConnection | AckedConnections] = {}
         # Retired, their last calls still waiting for replies: closed too at shutdown.
         self._retired: list[PipelinedConnection | AckedConnections] = []
@@ -161,7 +161,7 @@ class ClusterTransport:
         from the start. A call that times out leaves its future in its link's queue:
         its reply, when it comes, is read and dropped there, never handed to another.
         A plain function: the hot path awaits `_route` itself, no coroutine around it."""
-        deadline = time.monotonic() + self._timeout + (self._ack_wait or 0.0)
+        deadline = time.monotonic() + self._timeout + (self._ack.longest if self._ack is not None else 0.0)
         if not self._stale:
             return self._route(command, self.client.nodes_manager, deadline)
         return self._call_after_reading(command, deadline)
@@ -220,7 +220,7 @@ class ClusterTransport:
         connection = self._connections.get(node.name)
         if connection is None:
             url = dataclasses.replace(self._url, hosts=[(node.host, int(node.port))], db=0)
-            if self._ack_wait is None:
+            if self._ack is None:
                 connection = PipelinedConnection(
                     url, timeout=self._timeout, max_pending=self._max_pending, on_flush=self._on_flush
                 )
@@ -228,7 +228,7 @@ class ClusterTransport:
                 connection = AckedConnections(
                     url,
                     timeout=self._timeout,
-                    wait=self._ack_wait,
+                    ack=self._ack,
                     max_pending=self._max_pending,
                     on_flush=self._on_flush,
                 )

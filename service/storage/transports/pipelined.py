@@ -6,7 +6,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service.storage.scripts import ScriptCall, ScriptReply
-from service.storage.transports.acks import AckedConnections
+from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.base import run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
@@ -24,16 +24,16 @@ class PipelinedTransport:
         timeout: float,
         max_pending: int,
         on_flush: Callable[[int], None] | None = None,
-        ack_wait: float | None = None,
+        ack: Ack | None = None,
     ) -> None:
         self.connection: PipelinedConnection | AckedConnections
-        if ack_wait is None:
+        if ack is None:
             self.connection = PipelinedConnection(
                 url, timeout=timeout, max_pending=max_pending, on_flush=on_flush
             )
         else:
             self.connection = AckedConnections(
-                url, timeout=timeout, wait=ack_wait, max_pending=max_pending, on_flush=on_flush
+                url, timeout=timeout, ack=ack, max_pending=max_pending, on_flush=on_flush
             )
         self.db = url.db
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import ScriptCall, ScriptReply
+from service.storage.transports.acks import Ack
 from service.storage.transports.base import (
     Gate,
     config_value,
@@ -51,11 +52,9 @@ class SentinelTransport:
     cross_slot_scripts = True  # one master holds every key
     publish_command = "PUBLISH"
 
-    def __init__(
-        self, url: RedisUrl, *, timeout: float, max_pending: int, ack_wait: float | None = None
-    ) -> None:
-        # With `ack = "replicas"` a call's reply also waits up to ack_wait for its WAIT.
-        timeout += ack_wait or 0.0
+    def __init__(self, url: RedisUrl, *, timeout: float, max_pending: int, ack: Ack | None = None) -> None:
+        # With `ack` a call's reply also waits up to ack.longest for its WAITs.
+        timeout += ack.longest if ack is not None else 0.0
         socket_kwargs: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -87,7 +86,7 @@ class SentinelTransport:
         self._drop_idle = False
         self._url = url
         self._subscriber: SocketSubscriber | None = None
-        self._acks = None if ack_wait is None else SentinelAcks(self.client, timeout=timeout, wait=ack_wait)
+        self._acks = None if ack is None else SentinelAcks(self.client, timeout=timeout, ack=ack)
         # +switch-master from any sentinel: the watcher asks at once, not at its next poll.
         self._switches = SwitchListener(self.sentinel.sentinels, url.master, self._ask_now.set)
 

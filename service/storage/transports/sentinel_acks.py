@@ -5,7 +5,8 @@ the WAIT goes right behind the call on that connection, in one round trip (a pip
 without MULTI), and blocks only that call. How many replicas: the master's `ROLE`,
 asked every `_ROLE_SECONDS` and at once after a call that got too few. The rules are
 those of acks.py: a call is acknowledged only when every replica the master reports
-holds it; otherwise it answers 10002, maybe applied.
+holds it; otherwise it answers 10002, maybe applied. With `ack_fsync` the WAIT is a
+WAITAOF, probed at each ROLE as acks.py says.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import time
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.storage.scripts import ScriptCall, ScriptReply
-from service.storage.transports.acks import Needed
+from service.storage.transports.acks import FSYNC_PROBE, Ack, Needed, fsync_refusal
 from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
 
 log = logging.getLogger("service.transports.sentinel")
@@ -29,12 +30,13 @@ _ROLE_SECONDS: Final = 1.0
 
 
 class SentinelAcks:
-    def __init__(self, client: aioredis.Redis, *, timeout: float, wait: float) -> None:
+    def __init__(self, client: aioredis.Redis, *, timeout: float, ack: Ack) -> None:
         self._client = client
         self._timeout = timeout
-        self.wait_ms = max(1, round(wait * 1000))
+        self.ack = ack
         self.needed = Needed()
         self.master = True
+        self.refused: str | None = None
         self._ask = asyncio.Event()
         self._known = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -43,30 +45,36 @@ class SentinelAcks:
     async def run(self, call: ScriptCall) -> ScriptReply:
         if self._task is None:
             self._task = asyncio.ensure_future(self._follow())
-        if self.needed.count is None:
+        if not self._known.is_set():
             await self._wait_known()
         if not self.master:
             raise ServerRefused("the master the sentinels name answers ROLE as a replica")
-        needed = self.needed.count or 0
+        if self.refused is not None:
+            raise ServerRefused(self.refused)
+        needed = (self.needed.count or 0) if self.ack.replicas else 0
         script = call.script
-        reply, acknowledged = await self._pipeline(needed, "EVALSHA", script.sha, call)
+        reply, answer = await self._pipeline(needed, "EVALSHA", script.sha, call)
         if isinstance(reply, NoScriptError):  # nothing ran: once more with the source
-            reply, acknowledged = await self._pipeline(needed, "EVAL", script.source, call)
+            reply, answer = await self._pipeline(needed, "EVAL", script.source, call)
         if isinstance(reply, BaseException):
             raise reply
-        if isinstance(acknowledged, BaseException):
-            raise acknowledged
-        if acknowledged < needed:
+        if isinstance(answer, ResponseError):  # the WAIT's own error: the call ran, unconfirmed
             self._ask.set()
-            raise NotAcknowledged(f"{acknowledged} of {needed} replicas confirmed the write in time")
+            raise NotAcknowledged(f"the wait for the write's copies failed: {answer}")
+        if isinstance(answer, BaseException):
+            raise answer
+        if not self.ack.confirmed(answer, needed):
+            self._ask.set()
+            raise NotAcknowledged(self.ack.describe(answer, needed))
         return reply  # type: ignore[no-any-return]
 
     async def _pipeline(self, needed: int, command: str, script: str, call: ScriptCall) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.execute_command(command, script, len(call.keys), *call.keys, *call.args)
-            pipe.execute_command("WAIT", needed, self.wait_ms)
+            for wait in self.ack.commands(needed):
+                pipe.execute_command(*wait)
             results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+        return [results[0], results[-1]]  # the call's reply, and the last wait's answer
 
     async def _wait_known(self) -> None:
         try:
@@ -93,10 +101,22 @@ class SentinelAcks:
             else:
                 self.master = role[0] in (b"master", "master")
                 self.needed.saw(len(role[2]) if self.master else 0, time.monotonic())
+                if self.ack.fsync and self.master:
+                    await self._check_fsync()
                 self._known.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_ROLE_SECONDS):
                     await self._ask.wait()
+
+    async def _check_fsync(self) -> None:
+        try:
+            await self._client.execute_command(*FSYNC_PROBE)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if self.refused is None:
+                log.error("the master: %s", fsync_refusal(exc))
+            self.refused = fsync_refusal(exc)
+        else:
+            self.refused = None
 
     def close(self) -> None:
         self._closed = True
