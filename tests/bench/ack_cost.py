@@ -61,7 +61,7 @@ def measure(fsync: str, rounds: int, seconds: float, clients: int) -> None:
                 results[name].append(asyncio.run(one_round(topology.url, ack, clients, seconds)))
         base = statistics.median(rate for rate, _ in results['ack = "primary"'])
         print(f"\nappendfsync {fsync}, {clients} calls in flight, {rounds} rounds of {seconds} s (medians)")
-        print("| setting | calls/s | × primary | p99 ms |\n|---|---|---|---|")
+        print("| setting | calls/s | ratio to primary | p99 ms |\n|---|---|---|---|")
         for name, runs in results.items():
             rate = statistics.median(r for r, _ in runs)
             p99 = statistics.median(p for _, p in runs)
@@ -71,7 +71,9 @@ def measure(fsync: str, rounds: int, seconds: float, clients: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fsync", default="everysec,always", help="appendfsync values, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
