@@ -82,3 +82,10 @@ SCRIPTS: Final = (
     STORAGE_FORMAT,
     UPGRADE_GROUP,
 )
+
+
+def shareable(call: ScriptCall) -> bool:
+    """Whether identical calls still unsent may share one script call: get_counters
+    changes nothing unless it counts the app's rate limit (ARGV[2] not 0), where each
+    call must count."""
+    return call.script is GET_COUNTERS and call.args[1] in (0, "0")

@@ -48,7 +48,7 @@ from typing import Any, Final
 import hiredis
 from redis.exceptions import RedisError, ResponseError
 
-from service.storage.transports.connection import Link, PipelinedConnection
+from service.storage.transports.connection import Link, Pending, PipelinedConnection
 from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
 from service.storage.urls import RedisUrl
 
@@ -256,7 +256,7 @@ class _Held:
 
     __slots__ = ("caller", "reply")
 
-    def __init__(self, caller: asyncio.Future[Any]) -> None:
+    def __init__(self, caller: Pending) -> None:
         self.caller = caller
         self.reply: Any = None
 
@@ -330,22 +330,21 @@ class AckedLink(Link):
         self._batch: list[_Held] = []
         self.waits = 0  # WAITs written and not answered yet
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
+    def send_entry(self, packed: bytes, entry: Pending) -> None:
         if not self.open:  # the handshake (AUTH, SELECT, PING): nothing to replicate
-            return super().send(packed)
+            self.queue(packed, entry)
+            return
         if not self.replicas.master:
             raise ServerRefused("redis answers ROLE as a replica: no write is sent to it")
         if self.replicas.refused is not None:
             raise ServerRefused(self.replicas.refused)
-        caller: asyncio.Future[Any] = self._loop.create_future()
-        held = _Held(caller)
+        held = _Held(entry)
         self._batch.append(held)
         try:
             self.queue(packed, held)
         except RedisError:
             self._batch.pop()
             raise
-        return caller
 
     def _write(self) -> None:
         if not self._batch:  # the handshake's
@@ -363,6 +362,7 @@ class AckedLink(Link):
         self._batch = []
         self.waits += 1
         payload, self._buffer = b"".join(self._buffer), []
+        self._unsent_reads.clear()
         transport.write(payload)
         self.written += count + len(waits)
         self._on_flush(count)
@@ -409,6 +409,11 @@ class AckedConnections:
         if not self.replicas.ready:
             await self.replicas.known()
         return await self._pick().execute(*args)
+
+    async def execute_shared(self, *args: Any) -> Any:
+        if not self.replicas.ready:
+            await self.replicas.known()
+        return await self._pick().execute_shared(*args)
 
     async def execute_asking(self, *args: Any) -> Any:
         if not self.replicas.ready:

@@ -33,7 +33,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.storage.scripts import ScriptArg, ScriptCall, ScriptReply
+from service.storage.scripts import ScriptArg, ScriptCall, ScriptReply, shareable
 from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.base import Gate, no_retry, run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
@@ -151,9 +151,15 @@ class ClusterTransport:
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path, as the single-Redis one: the coroutine itself, nothing around it.
         # NOSCRIPT's EVAL names the same key, hence goes to the node that owns its slot.
+        if shareable(call):
+            return run_with_reload(self._call_shared, call)
         return run_with_reload(self._call, call)
 
-    def _call(self, *command: ScriptArg) -> Coroutine[Any, Any, Any]:
+    def _call_shared(self, *command: ScriptArg) -> Coroutine[Any, Any, Any]:
+        """`_call` for a read identical calls still unsent may share (Link.send_shared)."""
+        return self._call(*command, shared=True)
+
+    def _call(self, *command: ScriptArg, shared: bool = False) -> Coroutine[Any, Any, Any]:
         """EVALSHA/EVAL (command[3] is the first key) on the node that owns the key's slot.
 
         Each attempt is bounded by its connection's `timeout` (a link whose replies are
@@ -163,21 +169,21 @@ class ClusterTransport:
         A plain function: the hot path awaits `_route` itself, no coroutine around it."""
         deadline = time.monotonic() + self._timeout + (self._ack.longest if self._ack is not None else 0.0)
         if not self._stale:
-            return self._route(command, self.client.nodes_manager, deadline)
-        return self._call_after_reading(command, deadline)
+            return self._route(command, self.client.nodes_manager, deadline, shared)
+        return self._call_after_reading(command, deadline, shared)
 
-    async def _call_after_reading(self, command: tuple[ScriptArg, ...], deadline: float) -> Any:
+    async def _call_after_reading(self, command: tuple[ScriptArg, ...], deadline: float, shared: bool) -> Any:
         """Reading the slot map takes part of the call's one timeout: the rest bounds the call."""
         nodes = await self._slot_map(deadline)
         try:
             return await asyncio.wait_for(
-                self._route(command, nodes, deadline), max(deadline - time.monotonic(), 0.001)
+                self._route(command, nodes, deadline, shared), max(deadline - time.monotonic(), 0.001)
             )
         except TimeoutError:
             self._stale = True
             raise RedisTimeoutError(f"redis did not answer within {self._timeout} s") from None
 
-    async def _route(self, command: tuple[ScriptArg, ...], nodes: Any, deadline: float) -> Any:
+    async def _route(self, command: tuple[ScriptArg, ...], nodes: Any, deadline: float, shared: bool) -> Any:
         """`_call` once the slot map is at hand: to the slot's owner, following redirects."""
         key = command[3]
         slot = self.client.keyslot(key)
@@ -193,6 +199,8 @@ class ClusterTransport:
             try:
                 if asking:
                     return await connection.execute_asking(*command)
+                if shared:
+                    return await connection.execute_shared(*command)
                 return await connection.execute(*command)
             except MovedError as exc:  # did not run: the slot has a new owner
                 await nodes.move_slot(exc)

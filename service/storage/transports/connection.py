@@ -138,6 +138,34 @@ class Pending(Protocol):
     def set_exception(self, exception: BaseException, /) -> None: ...
 
 
+class Shared:
+    """A read sent once for every identical read queued while it was unsent: each
+    caller has a future of its own (one that leaves cancels only its own)."""
+
+    __slots__ = ("callers",)
+
+    def __init__(self) -> None:
+        self.callers: list[asyncio.Future[Any]] = []
+
+    def join(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        self.callers.append(future)
+        return future
+
+    def done(self) -> bool:
+        return all(caller.done() for caller in self.callers)
+
+    def set_result(self, result: Any) -> None:
+        for caller in self.callers:
+            if not caller.done():
+                caller.set_result(result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        for caller in self.callers:
+            if not caller.done():
+                caller.set_exception(exception)
+
+
 class Link(asyncio.Protocol):
     """One socket to Redis and, in order, the calls queued or written on it."""
 
@@ -153,6 +181,8 @@ class Link(asyncio.Protocol):
         # ones in `_buffer`, in order: the n-th reply belongs to waiting[0].
         self.waiting: collections.deque[Pending] = collections.deque()
         self._buffer: list[bytes] = []
+        # The reads in `_buffer` that identical reads may still join (`send_shared`).
+        self._unsent_reads: dict[bytes, Shared] = {}
         self._flush_scheduled = False
         self.written = 0  # commands written on this link: a write's timer needs only this number
         self.closed = False
@@ -199,7 +229,25 @@ class Link(asyncio.Protocol):
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
-        self.queue(packed, future)
+        self.send_entry(packed, future)
+        return future
+
+    def send_entry(self, packed: bytes, entry: Pending) -> None:
+        """Queue `packed` for `entry` (acks.py holds its reply for the replicas)."""
+        self.queue(packed, entry)
+
+    def send_shared(self, packed: bytes) -> asyncio.Future[Any]:
+        """A read that changes nothing: joins an identical one still unsent on this link,
+        so both get the reply of one command; never one already written, so the reply
+        reflects a state after this call was made."""
+        shared = self._unsent_reads.get(packed)
+        if shared is not None:
+            return shared.join(self._loop)
+        shared = Shared()
+        future = shared.join(self._loop)
+        self.send_entry(packed, shared)
+        if self._buffer:  # not written at once (a full batch): later ones may join it
+            self._unsent_reads[packed] = shared
         return future
 
     def queue(self, packed: bytes, entry: Pending) -> None:
@@ -225,6 +273,7 @@ class Link(asyncio.Protocol):
         assert transport is not None
         count = len(self._buffer)
         payload, self._buffer = b"".join(self._buffer), []
+        self._unsent_reads.clear()
         transport.write(payload)
         self.written += count
         self._on_flush(count)
@@ -272,6 +321,7 @@ class Link(asyncio.Protocol):
             transport.abort()
         written = len(self.waiting) - len(self._buffer)
         self._buffer.clear()
+        self._unsent_reads.clear()
         unsent = NotSent(f"{error}; the command was not sent")
         while self.waiting:
             future = self.waiting.popleft()
@@ -338,6 +388,15 @@ class PipelinedConnection:
             return await asyncio.wait_for(link.send(_pack(args)), max(remaining, 0.001))
         except TimeoutError:
             raise RedisTimeoutError(f"redis did not answer within {self.timeout} s") from None
+
+    async def execute_shared(self, *args: Any) -> Any:
+        """As `execute`, for a read that changes nothing: an identical one still unsent
+        on the link serves both (Link.send_shared)."""
+        link = self._link
+        if link is None:
+            return await self.execute(*args)
+        self._admit(len(link.waiting))
+        return await link.send_shared(_pack(args))
 
     async def execute_asking(self, *args: Any) -> Any:
         """ASKING and then the command, adjacent on one link: a Cluster slot half migrated.

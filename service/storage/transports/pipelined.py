@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service.storage.scripts import ScriptCall, ScriptReply
+from service.storage.scripts import ScriptCall, ScriptReply, shareable
 from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.base import run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
@@ -39,6 +39,8 @@ class PipelinedTransport:
 
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path: the coroutine itself, not one more of our own around it.
+        if shareable(call):
+            return run_with_reload(self.connection.execute_shared, call)
         return run_with_reload(self.connection.execute, call)
 
     def subscriber(self) -> Subscriber:
