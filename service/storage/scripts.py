@@ -26,25 +26,59 @@ def _lua_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "lua"
 
 
-def _with_includes(source: str) -> str:
-    """Shared Lua from lua/include/, placed right after the script's header comment."""
+def _with_includes(source: str, *, combined: bool = False) -> str:
+    """Shared Lua from lua/include/, placed right after the script's header comment.
+
+    `combined`: the body becomes a function of (KEYS, ARGV), called for each of several
+    calls in one script call, in order, each with its own KEYS and ARGV and its own
+    reply, exactly as if each were a call of its own (connection.py's write combining).
+    KEYS: each call's, one after another; ARGV: the number of calls, then for each call
+    the number of its ARGV and its ARGV. Reply: each call's reply, in order.
+    """
     header_end = source.index("]]\n") + 3
     shared = "".join(
         path.read_text(encoding="utf-8") for path in sorted((_lua_dir() / "include").glob("*.lua"))
     )
-    return source[:header_end] + shared + source[header_end:]
+    body = source[header_end:]
+    if combined:
+        body = _COMBINED.format(body=body)
+    return source[:header_end] + shared + body
+
+
+_COMBINED: Final = """local function one(KEYS, ARGV)
+{body}
+end
+
+local replies, k, a = {{}}, 0, 2
+for i = 1, tonumber(ARGV[1]) do
+  local argc = tonumber(ARGV[a])
+  replies[i] = one({{KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]}}, {{unpack(ARGV, a + 1, a + argc)}})
+  k, a = k + 3, a + 1 + argc
+end
+return replies
+"""
 
 
 class Script:
     """One Lua file, called with `keys` KEYS (the count its header documents), or at
     least `keys` where the header documents a variable tail (`more_keys`)."""
 
-    def __init__(self, name: str, keys: int, *, more_keys: bool = False) -> None:
+    def __init__(self, name: str, keys: int, *, more_keys: bool = False, combined: bool = False) -> None:
         self.name = name
         self.keys = keys
         self.more_keys = more_keys
-        self.source = _with_includes((_lua_dir() / f"{name}.lua").read_text(encoding="utf-8"))
+        text = (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+        self.source = _with_includes(text, combined=combined)
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+class CombinableScript(Script):
+    """A script whose calls on one group may go as one script call (`combined`: the same
+    file, its body applied to each call in turn). Three KEYS, the group's first."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, keys=3)
+        self.combined = Script(name, keys=3, combined=True)
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 0.2 us more to build, per call
@@ -56,7 +90,7 @@ class ScriptCall:
     args: Sequence[ScriptArg]
 
 
-UPDATE_COUNTERS: Final = Script("update_counters", keys=3)
+UPDATE_COUNTERS: Final = CombinableScript("update_counters")
 GET_COUNTERS: Final = Script("get_counters", keys=2)
 DELETE_COUNTERS: Final = Script("delete_counters", keys=3)
 CREATE_GROUP: Final = Script("create_group", keys=2)

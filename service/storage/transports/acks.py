@@ -48,6 +48,8 @@ from typing import Any, Final
 import hiredis
 from redis.exceptions import RedisError, ResponseError
 
+from service.storage.scripts import CombinableScript
+from service.storage.transports.combining import Combined
 from service.storage.transports.connection import Link, Pending, PipelinedConnection
 from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
 from service.storage.urls import RedisUrl
@@ -330,7 +332,7 @@ class AckedLink(Link):
         self._batch: list[_Held] = []
         self.waits = 0  # WAITs written and not answered yet
 
-    def send_entry(self, packed: bytes, entry: Pending) -> None:
+    def send_entry(self, packed: bytes | Combined, entry: Pending) -> None:
         if not self.open:  # the handshake (AUTH, SELECT, PING): nothing to replicate
             self.queue(packed, entry)
             return
@@ -361,8 +363,7 @@ class AckedLink(Link):
         self.waiting.append(_Wait(self._batch, needed, self))
         self._batch = []
         self.waits += 1
-        payload, self._buffer = b"".join(self._buffer), []
-        self._unsent_reads.clear()
+        payload = self._payload()
         transport.write(payload)
         self.written += count + len(waits)
         self._on_flush(count)
@@ -414,6 +415,11 @@ class AckedConnections:
         if not self.replicas.ready:
             await self.replicas.known()
         return await self._pick().execute_shared(*args)
+
+    async def execute_update(self, script: CombinableScript, *args: Any) -> Any:
+        if not self.replicas.ready:
+            await self.replicas.known()
+        return await self._pick().execute_update(script, *args)
 
     async def execute_asking(self, *args: Any) -> Any:
         if not self.replicas.ready:

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, Final
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -33,7 +34,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.storage.scripts import ScriptArg, ScriptCall, ScriptReply, shareable
+from service.storage.scripts import CombinableScript, ScriptArg, ScriptCall, ScriptReply, shareable
 from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.base import Gate, no_retry, run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
@@ -45,6 +46,12 @@ log = logging.getLogger("service.transports.cluster")
 
 # Connections per node of redis-py's own pool (PING, SCAN, CONFIG GET; not script calls).
 _MAX_CONNECTIONS: Final = 16
+
+
+# How a script call goes to its node: alone (None), as a read identical ones may share
+# (SHARED), or as an update of the script's that others of its group may join.
+SHARED: Final = "shared"
+How = CombinableScript | str | None
 
 
 class ClusterTransport:
@@ -151,15 +158,14 @@ class ClusterTransport:
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path, as the single-Redis one: the coroutine itself, nothing around it.
         # NOSCRIPT's EVAL names the same key, hence goes to the node that owns its slot.
+        script = call.script
+        if isinstance(script, CombinableScript):
+            return run_with_reload(partial(self._call, how=script), call)
         if shareable(call):
-            return run_with_reload(self._call_shared, call)
+            return run_with_reload(partial(self._call, how=SHARED), call)
         return run_with_reload(self._call, call)
 
-    def _call_shared(self, *command: ScriptArg) -> Coroutine[Any, Any, Any]:
-        """`_call` for a read identical calls still unsent may share (Link.send_shared)."""
-        return self._call(*command, shared=True)
-
-    def _call(self, *command: ScriptArg, shared: bool = False) -> Coroutine[Any, Any, Any]:
+    def _call(self, *command: ScriptArg, how: How = None) -> Coroutine[Any, Any, Any]:
         """EVALSHA/EVAL (command[3] is the first key) on the node that owns the key's slot.
 
         Each attempt is bounded by its connection's `timeout` (a link whose replies are
@@ -169,21 +175,21 @@ class ClusterTransport:
         A plain function: the hot path awaits `_route` itself, no coroutine around it."""
         deadline = time.monotonic() + self._timeout + (self._ack.longest if self._ack is not None else 0.0)
         if not self._stale:
-            return self._route(command, self.client.nodes_manager, deadline, shared)
-        return self._call_after_reading(command, deadline, shared)
+            return self._route(command, self.client.nodes_manager, deadline, how)
+        return self._call_after_reading(command, deadline, how)
 
-    async def _call_after_reading(self, command: tuple[ScriptArg, ...], deadline: float, shared: bool) -> Any:
+    async def _call_after_reading(self, command: tuple[ScriptArg, ...], deadline: float, how: How) -> Any:
         """Reading the slot map takes part of the call's one timeout: the rest bounds the call."""
         nodes = await self._slot_map(deadline)
         try:
             return await asyncio.wait_for(
-                self._route(command, nodes, deadline, shared), max(deadline - time.monotonic(), 0.001)
+                self._route(command, nodes, deadline, how), max(deadline - time.monotonic(), 0.001)
             )
         except TimeoutError:
             self._stale = True
             raise RedisTimeoutError(f"redis did not answer within {self._timeout} s") from None
 
-    async def _route(self, command: tuple[ScriptArg, ...], nodes: Any, deadline: float, shared: bool) -> Any:
+    async def _route(self, command: tuple[ScriptArg, ...], nodes: Any, deadline: float, how: How) -> Any:
         """`_call` once the slot map is at hand: to the slot's owner, following redirects."""
         key = command[3]
         slot = self.client.keyslot(key)
@@ -199,8 +205,10 @@ class ClusterTransport:
             try:
                 if asking:
                     return await connection.execute_asking(*command)
-                if shared:
+                if how is SHARED:
                     return await connection.execute_shared(*command)
+                if isinstance(how, CombinableScript):
+                    return await connection.execute_update(how, *command)
                 return await connection.execute(*command)
             except MovedError as exc:  # did not run: the slot has a new owner
                 await nodes.move_slot(exc)

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import hiredis
@@ -52,6 +53,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.storage.scripts import CombinableScript, ScriptArg
+from service.storage.transports.combining import Combined
 from service.storage.transports.faults import (
     COMMAND_REFUSALS,
     SERVER_FAULTS,
@@ -166,6 +169,24 @@ class Shared:
                 caller.set_exception(exception)
 
 
+class _Discard:
+    """The queue entry of a command whose reply nobody waits for."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, _: Any) -> None:
+        pass
+
+    def set_exception(self, _: BaseException) -> None:
+        pass
+
+
+DISCARD: Final = _Discard()
+
+
 class Link(asyncio.Protocol):
     """One socket to Redis and, in order, the calls queued or written on it."""
 
@@ -180,9 +201,11 @@ class Link(asyncio.Protocol):
         # Futures of the calls written on this link without a reply yet, then the
         # ones in `_buffer`, in order: the n-th reply belongs to waiting[0].
         self.waiting: collections.deque[Pending] = collections.deque()
-        self._buffer: list[bytes] = []
-        # The reads in `_buffer` that identical reads may still join (`send_shared`).
+        self._buffer: list[bytes | Combined] = []
+        # The reads in `_buffer` that identical reads may still join (`send_shared`), and
+        # the updates of each group that updates of it may still join (`send_combinable`).
         self._unsent_reads: dict[bytes, Shared] = {}
+        self._unsent_updates: dict[ScriptArg, Combined] = {}
         self._flush_scheduled = False
         self.written = 0  # commands written on this link: a write's timer needs only this number
         self.closed = False
@@ -232,7 +255,7 @@ class Link(asyncio.Protocol):
         self.send_entry(packed, future)
         return future
 
-    def send_entry(self, packed: bytes, entry: Pending) -> None:
+    def send_entry(self, packed: bytes | Combined, entry: Pending) -> None:
         """Queue `packed` for `entry` (acks.py holds its reply for the replicas)."""
         self.queue(packed, entry)
 
@@ -250,7 +273,34 @@ class Link(asyncio.Protocol):
             self._unsent_reads[packed] = shared
         return future
 
-    def queue(self, packed: bytes, entry: Pending) -> None:
+    def send_combinable(
+        self, script: CombinableScript, keys: Sequence[ScriptArg], args: Sequence[ScriptArg]
+    ) -> asyncio.Future[Any]:
+        """An update of the group `keys[0]`: joins the unsent updates of that group on
+        this link, if any and if there is room, else starts them (combining.py)."""
+        combined = self._unsent_updates.get(keys[0])
+        if combined is not None and combined.fits(args):
+            return combined.add(keys, args, self._loop)
+        combined = Combined(script, self._load)
+        future = combined.add(keys, args, self._loop)
+        self.send_entry(combined, combined)
+        if self._buffer:  # not written at once (a full batch): later ones may join it
+            self._unsent_updates[keys[0]] = combined
+        return future
+
+    def _load(self, packed: bytes) -> None:
+        """Send a command whose reply nobody waits for (combining.py's SCRIPT LOAD)."""
+        with contextlib.suppress(RedisError):
+            self.send_entry(packed, DISCARD)
+
+    def _payload(self) -> bytes:
+        """The buffer as the bytes to write; nothing can join what it held any more."""
+        buffer, self._buffer = self._buffer, []
+        self._unsent_reads.clear()
+        self._unsent_updates.clear()
+        return b"".join(item if isinstance(item, bytes) else item.packed() for item in buffer)
+
+    def queue(self, packed: bytes | Combined, entry: Pending) -> None:
         """Buffer `packed`; `entry` (a future, or anything with a future's done,
         set_result and set_exception) receives its reply."""
         if self.closed or self.draining:
@@ -272,8 +322,7 @@ class Link(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         count = len(self._buffer)
-        payload, self._buffer = b"".join(self._buffer), []
-        self._unsent_reads.clear()
+        payload = self._payload()
         transport.write(payload)
         self.written += count
         self._on_flush(count)
@@ -322,6 +371,7 @@ class Link(asyncio.Protocol):
         written = len(self.waiting) - len(self._buffer)
         self._buffer.clear()
         self._unsent_reads.clear()
+        self._unsent_updates.clear()
         unsent = NotSent(f"{error}; the command was not sent")
         while self.waiting:
             future = self.waiting.popleft()
@@ -397,6 +447,15 @@ class PipelinedConnection:
             return await self.execute(*args)
         self._admit(len(link.waiting))
         return await link.send_shared(_pack(args))
+
+    async def execute_update(self, script: CombinableScript, *args: Any) -> Any:
+        """As `execute`; an EVALSHA of `script` joins the unsent updates of its group on
+        the link (combining.py). Its EVAL after a NOSCRIPT goes alone."""
+        link = self._link
+        if link is None or args[0] != "EVALSHA":
+            return await self.execute(*args)
+        self._admit(len(link.waiting))
+        return await link.send_combinable(script, args[3:6], args[6:])
 
     async def execute_asking(self, *args: Any) -> Any:
         """ASKING and then the command, adjacent on one link: a Cluster slot half migrated.

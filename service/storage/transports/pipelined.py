@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
-from service.storage.scripts import ScriptCall, ScriptReply, shareable
+from service.storage.scripts import CombinableScript, ScriptCall, ScriptReply, shareable
 from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.base import run_with_reload, scan_reply
 from service.storage.transports.connection import PipelinedConnection
@@ -39,6 +40,9 @@ class PipelinedTransport:
 
     def run_script(self, call: ScriptCall) -> Coroutine[Any, Any, ScriptReply]:
         # The hot path: the coroutine itself, not one more of our own around it.
+        script = call.script
+        if isinstance(script, CombinableScript):
+            return run_with_reload(partial(self.connection.execute_update, script), call)
         if shareable(call):
             return run_with_reload(self.connection.execute_shared, call)
         return run_with_reload(self.connection.execute, call)

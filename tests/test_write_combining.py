@@ -1,0 +1,303 @@
+"""Write combining (service/storage/transports/combining.py): updates of one group
+waiting together to be sent on one connection go as one script call that applies each
+as if it were alone. Real Redis (a single server, a master under `ack = "replicas"`, a
+Cluster); the combined script against the one-by-one script on Redis and fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.storage.scripts import UPDATE_COUNTERS, ScriptCall
+from service.storage.store import Store
+from service.storage.transports import combining
+from service.storage.transports.connection import PipelinedConnection
+from service.storage.transports.faults import certainly_not_run
+from service.storage.urls import parse
+from tests.backends import empty_store
+from tests.support import RedisServer
+from tests.test_pipelined import _commands, scripted_redis
+from tests.test_read_coalescing import script_calls
+
+GROUP = "{1:hot}"
+BACKENDS = ["redis", "replicas", "cluster"]
+INT64_MAX = 2**63 - 1
+
+
+def update(
+    pairs: list[tuple[str, int]], *, op: str = "add", key: str = "", limit: int = 0, group: str = GROUP
+) -> ScriptCall:
+    record = f"{group}:idempotency:{key}" if key else group
+    window = "{ratelimit:1}" if limit else group
+    flat = [str(part) for pair in pairs for part in pair]
+    fingerprint = f"{abs(hash((op, tuple(pairs)))):032x}" if key else ""
+    return ScriptCall(
+        UPDATE_COUNTERS,
+        [group, window, record],
+        ["0", limit, fingerprint, "token", "PUBLISH", f"{group}:changes", op, 86400, *flat],
+    )
+
+
+def on(backend: str, request: pytest.FixtureRequest, scenario: Callable[[Store, Any], Any]) -> Any:
+    store, inspector = empty_store(backend, request)
+
+    async def run() -> Any:
+        try:
+            # Both scripts loaded where the group lives: a key of its slot (its hash tag).
+            warm = "{1:hot}:warm"
+            await store.run(update([("warm", 1)], group=warm))
+            await asyncio.gather(*(store.run(update([("warm", 1)], group=warm)) for _ in range(2)))
+            return await scenario(store, inspector)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_updates_of_one_group_waiting_together_run_as_one_script_call(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    async def scenario(store: Store, inspector: Any) -> tuple[list[Any], int]:
+        before = script_calls(inspector)
+        replies = await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(50)))
+        return list(replies), script_calls(inspector) - before
+
+    replies, calls = on(backend, request, scenario)
+    assert sorted(int(reply[1]) for reply in replies) == list(range(1, 51)), "each its own reply"
+    assert calls == 1
+
+
+# One server's script cache (a Cluster's is per node; routing is the first test's).
+@pytest.mark.parametrize("backend", ["redis", "replicas"])
+def test_an_update_alone_goes_as_the_plain_script(backend: str, request: pytest.FixtureRequest) -> None:
+    async def scenario(store: Store, inspector: Any) -> list[bool]:
+        inspector.script_flush()
+        for n in range(5):
+            assert await store.run(update([("a", 1)])) == [0, str(n + 1).encode()]
+        exists: list[bool] = inspector.script_exists(UPDATE_COUNTERS.combined.sha, UPDATE_COUNTERS.sha)
+        return exists
+
+    assert on(backend, request, scenario) == [False, True]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_combined_call_that_fails_for_one_update_fails_only_that_one(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    async def scenario(store: Store, inspector: Any) -> list[Any]:
+        await store.run(update([("a", INT64_MAX - 2)], op="set"))
+        calls = [
+            update([("a", 1)]),
+            update([("a", 5)]),
+            update([("a", 1)]),
+            update([(f"k{n}", 1) for n in range(21)]),
+        ]
+        return list(await asyncio.gather(*(store.run(call) for call in calls)))
+
+    replies = on(backend, request, scenario)
+    assert replies[0] == [0, str(INT64_MAX - 1).encode()]
+    assert replies[1] == [10004, b"a"]
+    assert replies[2] == [0, str(INT64_MAX).encode()]
+    assert replies[3] == [10063, 22]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_combined_update_keeps_its_own_idempotency_record(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    async def scenario(store: Store, _: Any) -> tuple[list[Any], list[Any]]:
+        calls = [update([("a", n)], key=f"key-{n}") for n in range(1, 21)]
+        first = await asyncio.gather(*(store.run(call) for call in calls))
+        again = await asyncio.gather(*(store.run(call) for call in calls))
+        return list(first), list(again)
+
+    first, again = on(backend, request, scenario)
+    assert first == again, "each key replays its own outcome"
+    assert sorted(int(reply[1]) for reply in first)[-1] == sum(range(1, 21))
+
+
+# Not on a Cluster: there the limit is counted by a script of its own, before the update.
+@pytest.mark.parametrize("backend", ["redis", "replicas"])
+def test_each_combined_update_is_counted_against_the_rate_limit(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    async def scenario(store: Store, _: Any) -> list[Any]:
+        return list(await asyncio.gather(*(store.run(update([("a", 1)], limit=5)) for _ in range(8))))
+
+    replies = on(backend, request, scenario)
+    assert sorted(reply[0] for reply in replies) == [0] * 5 + [60007] * 3
+
+
+def test_each_combined_update_announces_its_own_version_in_order(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    client.flushall()
+    pubsub = client.pubsub()
+    pubsub.subscribe(f"{GROUP}:changes")
+    pubsub.get_message(timeout=1.0)
+
+    async def scenario() -> None:
+        from service.storage.store import open_store
+
+        store = open_store(redis_server.url, timeout=1.0)
+        await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(40)))
+        await store.close()
+
+    asyncio.run(scenario())
+    versions = []
+    while (message := pubsub.get_message(timeout=1.0)) is not None:
+        versions.append(int(message["data"].split(b"\xff")[1]))
+    pubsub.close()
+    assert versions == list(range(1, 41))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_combined_call_holds_at_most_max_calls(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(combining, "MAX_CALLS", 8)
+
+    async def scenario(store: Store, inspector: Any) -> tuple[list[Any], int]:
+        before = script_calls(inspector)
+        replies = await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(40)))
+        return list(replies), script_calls(inspector) - before
+
+    replies, calls = on(backend, request, scenario)
+    assert sorted(int(reply[1]) for reply in replies) == list(range(1, 41))
+    assert calls == 5
+
+
+@pytest.mark.parametrize("backend", ["redis", "replicas"])
+def test_a_redis_that_forgot_the_scripts_still_applies_each_update_once(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    async def scenario(store: Store, inspector: Any) -> tuple[list[Any], Any]:
+        inspector.script_flush()
+        replies = await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(30)))
+        more = await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(30)))
+        return [*replies, *more], inspector.script_exists(UPDATE_COUNTERS.combined.sha)
+
+    replies, loaded = on(backend, request, scenario)
+    assert sorted(int(reply[1]) for reply in replies) == list(range(1, 61))
+    assert loaded == [True], "and the combined form is loaded for the next time"
+
+
+# ---- a Redis that fails a combined call ----
+
+
+def failing_redis(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for command in _commands(reader):
+            if command[0].upper() == b"PING":
+                writer.write(b"+PONG\r\n")
+            elif not reply:
+                return
+            else:
+                writer.write(reply)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"-ERR user_script:80: Script attempted to access a non local key\r\n",
+        b"-OOM command not allowed\r\n",
+        b"*1\r\n:1\r\n",
+        b"",
+    ],
+    ids=["script-error", "oom", "wrong-shape", "closes"],
+)
+def test_a_combined_call_that_fails_as_a_whole_answers_each_update_maybe(reply: bytes) -> None:
+    async def scenario() -> list[Any]:
+        async with scripted_redis(failing_redis(reply)) as port:
+            connection = PipelinedConnection(parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0)
+            await connection.execute("PING")
+            call = update([("a", 1)])
+            args = ("EVALSHA", UPDATE_COUNTERS.sha, 3, *call.keys, *call.args)
+            try:
+                return list(
+                    await asyncio.gather(
+                        *(connection.execute_update(UPDATE_COUNTERS, *args) for _ in range(4)),
+                        return_exceptions=True,
+                    )
+                )
+            finally:
+                connection.close()
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, redis.RedisError) and not certainly_not_run(o) for o in outcomes), outcomes
+
+
+# ---- the combined script against one call at a time ----
+
+amounts = st.one_of(
+    st.integers(-5, 5),
+    st.integers(-(2**62), 2**62),
+    st.sampled_from([INT64_MAX, -INT64_MAX - 1, 2**53, -(2**53)]),
+)
+requests = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "set"]),
+        st.lists(
+            st.tuples(st.sampled_from([f"k{n}" for n in range(22)]), amounts),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda p: p[0],
+        ),
+        st.sampled_from(["", "", "r1", "r2"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@pytest.fixture(scope="module", params=["redis", "fakeredis"])
+def script_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    if request.param == "fakeredis":
+        yield fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return
+    server = RedisServer().start()
+    yield server.client()
+    server.stop()
+
+
+def run_alone(client: redis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    return [client.eval(UPDATE_COUNTERS.source, 3, *c.keys, *c.args) for c in calls]
+
+
+def run_combined(client: redis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    keys = [key for c in calls for key in c.keys]
+    flat: list[Any] = [len(calls)]
+    for c in calls:
+        flat += [len(c.args), *c.args]
+    reply: list[Any] = client.eval(UPDATE_COUNTERS.combined.source, len(keys), *keys, *flat)
+    return reply
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests)
+def test_the_combined_script_answers_and_stores_exactly_as_one_call_at_a_time(
+    script_client: redis.Redis, batch: list[tuple[str, list[tuple[str, int]], str]]
+) -> None:
+    def calls(group: str) -> list[ScriptCall]:
+        return [update(pairs, op=op, key=key, group=group) for op, pairs, key in batch]
+
+    script_client.flushall()
+    script_client.hset("{1:alone}", "seed", "1")
+    script_client.hset("{1:together}", "seed", "1")
+    alone = run_alone(script_client, calls("{1:alone}"))
+    together = run_combined(script_client, calls("{1:together}"))
+    assert together == alone
+    assert script_client.hgetall("{1:together}") == script_client.hgetall("{1:alone}")
+    for key in ("r1", "r2"):
+        assert script_client.get(f"{{1:together}}:idempotency:{key}") == script_client.get(
+            f"{{1:alone}}:idempotency:{key}"
+        )
