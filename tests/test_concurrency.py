@@ -35,10 +35,17 @@ def _answers_a_call(service: ServiceProcess, client: httpx2.Client) -> bool:
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServiceProcess]]:
-    """A redis-server of this module's own and two service processes using it."""
-    workdir = tmp_path_factory.mktemp("concurrency")
+def server() -> Iterator[RedisServer]:
+    """A redis-server of this module's own."""
     server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory, server: RedisServer) -> Iterator[list[ServiceProcess]]:
+    """Two service processes on the module's redis-server."""
+    workdir = tmp_path_factory.mktemp("concurrency")
     started: list[ServiceProcess] = []
     try:
         config = workdir / "config.toml"
@@ -54,7 +61,6 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServiceP
     finally:
         for service in started:
             service.stop(15)
-        server.stop()
 
 
 class Caller:
@@ -66,12 +72,15 @@ class Caller:
         self.query = query(REGISTERED_APP)  # one usersig for the whole run
         self.calls = 0
 
-    async def call(self, command: str, body: dict[str, Any], *, replica: int | None = None) -> dict[str, Any]:
+    async def call(
+        self, command: str, body: dict[str, Any], *, replica: int | None = None, key: str | None = None
+    ) -> dict[str, Any]:
         if replica is None:
             replica = self.calls % len(self.urls)
         self.calls += 1
         url = f"{self.urls[replica]}/v4/group_open_http_svc/{command}?{self.query}"
-        response = await self.client.post(url, content=json.dumps(body).encode())
+        headers = {} if key is None else {"Idempotency-Key": key}
+        response = await self.client.post(url, content=json.dumps(body).encode(), headers=headers)
         assert response.status_code == 200, response.text
         reply: dict[str, Any] = response.json()
         return reply
@@ -207,3 +216,57 @@ async def _new_keys_race(services: list[ServiceProcess], group: str) -> None:
 def test_racing_requests_adding_new_keys_never_exceed_20_keys(services: list[ServiceProcess]) -> None:
     for round_ in range(5):
         asyncio.run(_new_keys_race(services, f"race-{round_}"))
+
+
+async def _hot_group(services: list[ServiceProcess]) -> None:
+    """Every client on one group, each call with an Idempotency-Key of its own."""
+    group, calls = "hot", 1500
+    async with _client() as client:
+        caller = Caller(services, client)
+        reply = await caller.call("create_group", {"Type": "Public", "Name": "n", "GroupId": group})
+        assert reply["ErrorCode"] == 0, reply
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(calls):
+            queue.put_nowait(n)
+        acknowledged: dict[int, int] = {}  # call -> the value its reply named
+
+        def body(n: int) -> dict[str, Any]:
+            return {"GroupId": group, "GroupCounter": [{"Key": "a", "Value": 1 + n % 3}], "Mode": "Increase"}
+
+        async def client_loop() -> None:
+            while not queue.empty():
+                n = queue.get_nowait()
+                reply = await caller.call("update_group_counter", body(n), key=f"hot-{n}")
+                assert reply["ErrorCode"] == 0, reply
+                acknowledged[n] = reply["GroupCounter"][0]["Value"]
+
+        await asyncio.gather(*(client_loop() for _ in range(CLIENTS)))
+        total = sum(1 + n % 3 for n in acknowledged)
+        for replica in range(len(services)):
+            assert await caller.counters(group, replica) == {"a": total}
+        # One serial history: every value named once, each the previous plus its amount.
+        assert sorted(acknowledged.values()) == sorted(
+            sum(1 + m % 3 for m in order[: i + 1])
+            for order in [sorted(acknowledged, key=acknowledged.__getitem__)]
+            for i in range(len(order))
+        )
+        # Every key replays exactly its own reply, through either process.
+        for n in range(0, calls, 7):
+            replayed = await caller.call("update_group_counter", body(n), key=f"hot-{n}")
+            assert replayed["GroupCounter"][0]["Value"] == acknowledged[n], n
+        assert await caller.counters(group, 0) == {"a": total}
+
+
+def test_one_hot_group_over_two_processes_keeps_every_increment_once(
+    services: list[ServiceProcess], server: RedisServer
+) -> None:
+    """All clients on one group: its updates are combined into shared script calls
+    (combining.py), and each must still be applied, answered and recorded as its own."""
+    with server.client() as client:
+        client.config_resetstat()
+        asyncio.run(_hot_group(services))
+        stats = client.info("commandstats")
+    script_calls = sum(
+        int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+    assert script_calls < 1500 + 215 + 3, f"some updates were combined ({script_calls} script calls)"
