@@ -84,6 +84,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     for key, measured in rows.items():
         # Every reply of every workload was ErrorCode 0: each call did what it was meant to.
         assert measured["failed"] == 0, key
-        assert measured["redis"]["commands_per_call"] >= 1, key
+        # Every call reached Redis; reads and updates of one group may share a script call.
+        assert measured["redis"]["commands_per_call"] > 0, key
     for key in ("rate_limited", "cluster", "ack_replicas"):
         assert data["rows"][key]["exactness"]["verdict"] == "PASS", key
