@@ -7,7 +7,7 @@ its command (hiredis, in C), appends it to a buffer and a FIFO of futures, and t
 first call of a tick schedules one flush at the end of that tick. Replies come back
 in order; hiredis parses them and each resolves the next future.
 
-A batch is also written as soon as it holds `max_batch` commands. Under load one tick
+A batch is also written as soon as it holds `max_batch` calls. Under load one tick
 can start a call on every client connection at once; sent as one batch at the end of
 the tick, all of them would sit in Redis together while this process, with nothing
 left to do, waits (a tenth of its time, measured with 64 clients). Written in slices,
@@ -206,6 +206,10 @@ class Link(asyncio.Protocol):
         # the updates of each group that updates of it may still join (`send_combinable`).
         self._unsent_reads: dict[bytes, Shared] = {}
         self._unsent_updates: dict[ScriptArg, Combined] = {}
+        # Calls in `_buffer`, those that joined another's entry included: a batch is written
+        # at `max_batch` calls, so shared and combined ones keep Redis and this process
+        # working side by side too.
+        self._calls = 0
         self._flush_scheduled = False
         self.written = 0  # commands written on this link: a write's timer needs only this number
         self.closed = False
@@ -265,7 +269,9 @@ class Link(asyncio.Protocol):
         reflects a state after this call was made."""
         shared = self._unsent_reads.get(packed)
         if shared is not None:
-            return shared.join(self._loop)
+            future = shared.join(self._loop)
+            self._joined()
+            return future
         shared = Shared()
         future = shared.join(self._loop)
         self.send_entry(packed, shared)
@@ -280,13 +286,20 @@ class Link(asyncio.Protocol):
         this link, if any and if there is room, else starts them (combining.py)."""
         combined = self._unsent_updates.get(keys[0])
         if combined is not None and combined.fits(args):
-            return combined.add(keys, args, self._loop)
+            future = combined.add(keys, args, self._loop)
+            self._joined()
+            return future
         combined = Combined(script, self._load)
         future = combined.add(keys, args, self._loop)
         self.send_entry(combined, combined)
         if self._buffer:  # not written at once (a full batch): later ones may join it
             self._unsent_updates[keys[0]] = combined
         return future
+
+    def _joined(self) -> None:
+        self._calls += 1
+        if self._calls >= self._max_batch:
+            self._write()
 
     def _load(self, packed: bytes) -> None:
         """Send a command whose reply nobody waits for (combining.py's SCRIPT LOAD)."""
@@ -296,6 +309,7 @@ class Link(asyncio.Protocol):
     def _payload(self) -> bytes:
         """The buffer as the bytes to write; nothing can join what it held any more."""
         buffer, self._buffer = self._buffer, []
+        self._calls = 0
         self._unsent_reads.clear()
         self._unsent_updates.clear()
         return b"".join(item if isinstance(item, bytes) else item.packed() for item in buffer)
@@ -307,7 +321,8 @@ class Link(asyncio.Protocol):
             raise NotSent(_RETIRED if self.draining else _CLOSED)
         self.waiting.append(entry)
         self._buffer.append(packed)
-        if len(self._buffer) >= self._max_batch:
+        self._calls += 1
+        if self._calls >= self._max_batch:
             self._write()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -370,6 +385,7 @@ class Link(asyncio.Protocol):
             transport.abort()
         written = len(self.waiting) - len(self._buffer)
         self._buffer.clear()
+        self._calls = 0
         self._unsent_reads.clear()
         self._unsent_updates.clear()
         unsent = NotSent(f"{error}; the command was not sent")
