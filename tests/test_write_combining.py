@@ -319,3 +319,35 @@ def test_combined_updates_are_written_in_slices_of_max_batch_calls(
         return script_calls(inspector) - before
 
     assert on(backend, request, scenario) == 4  # 32 + 32 + 32 + 4
+
+
+def test_max_pending_bounds_the_updates_that_joined_one_call_too() -> None:
+    """A stalled Redis: past `max_pending` waiting callers, combined or not, a call is
+    refused at once (certainly not run) rather than joining the queue."""
+
+    async def scenario() -> list[Any]:
+        async with scripted_redis(answers_only_ping) as port:
+            connection = PipelinedConnection(parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0, max_pending=8)
+            await connection.execute("PING")
+            call = update([("a", 1)])
+            args = ("EVALSHA", UPDATE_COUNTERS.sha, 3, *call.keys, *call.args)
+            try:
+                return list(
+                    await asyncio.gather(
+                        *(connection.execute_update(UPDATE_COUNTERS, *args) for _ in range(20)),
+                        return_exceptions=True,
+                    )
+                )
+            finally:
+                connection.close()
+
+    outcomes = asyncio.run(scenario())
+    refused = [o for o in outcomes if isinstance(o, redis.RedisError) and certainly_not_run(o)]
+    assert len(refused) == 12, outcomes
+
+
+async def answers_only_ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A stalled Redis: PING answered, every other command never."""
+    async for command in _commands(reader):
+        if command[0].upper() == b"PING":
+            writer.write(b"+PONG\r\n")

@@ -262,6 +262,10 @@ class _Held:
         self.caller = caller
         self.reply: Any = None
 
+    @property
+    def joined(self) -> int:
+        return int(getattr(self.caller, "joined", 0))
+
     def done(self) -> bool:
         return self.caller.done()
 

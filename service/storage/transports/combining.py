@@ -66,6 +66,11 @@ class Combined:
         self.callers: list[asyncio.Future[Any]] = []
         self.size = 0
 
+    @property
+    def joined(self) -> int:
+        """Callers beyond the first: Link.joined counts them."""
+        return len(self.callers) - 1
+
     def fits(self, args: Sequence[ScriptArg]) -> bool:
         return len(self.callers) < MAX_CALLS and self.size + _size(args) <= MAX_BYTES
 

@@ -155,6 +155,11 @@ class Shared:
         self.callers.append(future)
         return future
 
+    @property
+    def joined(self) -> int:
+        """Callers beyond the first: Link.joined counts them."""
+        return len(self.callers) - 1
+
     def done(self) -> bool:
         return all(caller.done() for caller in self.callers)
 
@@ -210,6 +215,9 @@ class Link(asyncio.Protocol):
         # at `max_batch` calls, so shared and combined ones keep Redis and this process
         # working side by side too.
         self._calls = 0
+        # Callers that joined another's entry in `waiting` (a Shared or Combined entry is
+        # one command, several callers): `max_pending` bounds callers, not commands.
+        self.joined = 0
         self._flush_scheduled = False
         self.written = 0  # commands written on this link: a write's timer needs only this number
         self.closed = False
@@ -232,6 +240,8 @@ class Link(asyncio.Protocol):
                     self.abort(RedisConnectionError(f"redis sent a reply nobody asked for: {reply!r:.100}"))
                     return
                 future = waiting.popleft()
+                if self.joined:
+                    self.joined -= getattr(future, "joined", 0)
                 if isinstance(reply, hiredis.ReplyError):
                     error = reply_error(str(reply))
                     if isinstance(error, RedisConnectionError):
@@ -296,7 +306,12 @@ class Link(asyncio.Protocol):
             self._unsent_updates[keys[0]] = combined
         return future
 
+    def queued(self) -> int:
+        """Callers waiting on this link: what `max_pending` bounds."""
+        return len(self.waiting) + self.joined
+
     def _joined(self) -> None:
+        self.joined += 1
         self._calls += 1
         if self._calls >= self._max_batch:
             self._write()
@@ -389,6 +404,7 @@ class Link(asyncio.Protocol):
         self._unsent_reads.clear()
         self._unsent_updates.clear()
         unsent = NotSent(f"{error}; the command was not sent")
+        self.joined = 0
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -429,7 +445,7 @@ class PipelinedConnection:
     async def execute(self, *args: Any) -> Any:
         link = self._link
         if link is not None:
-            self._admit(len(link.waiting))
+            self._admit(link.queued())
             return await link.send(_pack(args))
         if self._retired:
             raise NotSent(_RETIRED)
@@ -448,7 +464,7 @@ class PipelinedConnection:
             raise NotSent(str(exc)) from exc
         finally:
             self._awaiting_link -= 1
-        self._admit(len(link.waiting))
+        self._admit(link.queued())
         remaining = self.timeout - (time.monotonic() - started)
         try:
             return await asyncio.wait_for(link.send(_pack(args)), max(remaining, 0.001))
@@ -461,7 +477,7 @@ class PipelinedConnection:
         link = self._link
         if link is None:
             return await self.execute(*args)
-        self._admit(len(link.waiting))
+        self._admit(link.queued())
         return await link.send_shared(_pack(args))
 
     async def execute_update(self, script: CombinableScript, *args: Any) -> Any:
@@ -470,7 +486,7 @@ class PipelinedConnection:
         link = self._link
         if link is None or args[0] != "EVALSHA":
             return await self.execute(*args)
-        self._admit(len(link.waiting))
+        self._admit(link.queued())
         return await link.send_combinable(script, args[3:6], args[6:])
 
     async def execute_asking(self, *args: Any) -> Any:
@@ -483,7 +499,7 @@ class PipelinedConnection:
         link = self._link
         if link is None:
             raise NotSent(_CLOSED)
-        self._admit(len(link.waiting))
+        self._admit(link.queued())
         asking, reply = link.send(_pack(("ASKING",))), link.send(_pack(args))
         outcomes = await asyncio.gather(asking, reply, return_exceptions=True)
         for outcome in outcomes:
