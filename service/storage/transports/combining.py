@@ -1,5 +1,5 @@
-"""Write combining: updates of one group waiting together to be written on one link go
-to Redis as one script call.
+"""Calls that share one command on a link: write combining (updates of one group waiting
+together to be written go to Redis as one script call) and read coalescing (`Shared`).
 
 A hot group's updates all run on one Redis thread, one script call each, and a script
 call costs Redis far more than the update's own reads and writes. Calls of a
@@ -134,3 +134,54 @@ def _copy(error: BaseException) -> BaseException:
         return type(error)(*error.args)
     except Exception:  # an exception type with another signature: the same object
         return error
+
+
+class Shared:
+    """A read sent once for every identical read queued while it was unsent: each
+    caller has a future of its own (one that leaves cancels only its own)."""
+
+    __slots__ = ("callers",)
+
+    def __init__(self) -> None:
+        self.callers: list[asyncio.Future[Any]] = []
+
+    def join(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        self.callers.append(future)
+        return future
+
+    @property
+    def joined(self) -> int:
+        """Callers beyond the first: Link.joined counts them."""
+        return len(self.callers) - 1
+
+    def done(self) -> bool:
+        return all(caller.done() for caller in self.callers)
+
+    def set_result(self, result: Any) -> None:
+        for caller in self.callers:
+            if not caller.done():
+                caller.set_result(result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        for caller in self.callers:
+            if not caller.done():
+                caller.set_exception(exception)
+
+
+class _Discard:
+    """The queue entry of a command whose reply nobody waits for."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, _: Any) -> None:
+        pass
+
+    def set_exception(self, _: BaseException) -> None:
+        pass
+
+
+DISCARD: Final = _Discard()

@@ -54,7 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.scripts import CombinableScript, ScriptArg
-from service.storage.transports.combining import Combined
+from service.storage.transports.combining import DISCARD, Combined, Shared
 from service.storage.transports.faults import (
     COMMAND_REFUSALS,
     SERVER_FAULTS,
@@ -139,57 +139,6 @@ class Pending(Protocol):
     def set_result(self, result: Any, /) -> None: ...
 
     def set_exception(self, exception: BaseException, /) -> None: ...
-
-
-class Shared:
-    """A read sent once for every identical read queued while it was unsent: each
-    caller has a future of its own (one that leaves cancels only its own)."""
-
-    __slots__ = ("callers",)
-
-    def __init__(self) -> None:
-        self.callers: list[asyncio.Future[Any]] = []
-
-    def join(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = loop.create_future()
-        self.callers.append(future)
-        return future
-
-    @property
-    def joined(self) -> int:
-        """Callers beyond the first: Link.joined counts them."""
-        return len(self.callers) - 1
-
-    def done(self) -> bool:
-        return all(caller.done() for caller in self.callers)
-
-    def set_result(self, result: Any) -> None:
-        for caller in self.callers:
-            if not caller.done():
-                caller.set_result(result)
-
-    def set_exception(self, exception: BaseException) -> None:
-        for caller in self.callers:
-            if not caller.done():
-                caller.set_exception(exception)
-
-
-class _Discard:
-    """The queue entry of a command whose reply nobody waits for."""
-
-    __slots__ = ()
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, _: Any) -> None:
-        pass
-
-    def set_exception(self, _: BaseException) -> None:
-        pass
-
-
-DISCARD: Final = _Discard()
 
 
 class Link(asyncio.Protocol):
