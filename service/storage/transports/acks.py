@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -49,7 +49,7 @@ import hiredis
 from redis.exceptions import RedisError, ResponseError
 
 from service.storage.scripts import CombinableScript
-from service.storage.transports.combining import Combined
+from service.storage.transports.combining import DISCARD, Combined
 from service.storage.transports.connection import Link, Pending, PipelinedConnection
 from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
 from service.storage.urls import RedisUrl
@@ -150,11 +150,22 @@ class Ack:
 FSYNC_PROBE: Final = ("WAITAOF", 1, 0, 100)
 
 
-def fsync_refusal(error: BaseException) -> str:
-    return (
-        f"ack_fsync is set but this Redis cannot confirm a write on disk ({error}): it needs "
-        "Redis 7.2 or newer (or Valkey) with appendonly yes; until then every call is refused"
-    )
+async def check_fsync(execute: Callable[..., Awaitable[Any]], refused: str | None, where: str) -> str | None:
+    """The probe's verdict: why no call may be sent, or None; logged when it changes.
+    Other faults (the connection's) propagate: the verdict stands until the next probe."""
+    try:
+        await execute(*FSYNC_PROBE)
+    except ResponseError as exc:
+        why = (
+            f"ack_fsync is set but this Redis cannot confirm a write on disk ({exc}): it needs "
+            "Redis 7.2 or newer (or Valkey) with appendonly yes; until then every call is refused"
+        )
+        if refused is None:
+            log.error("%s: %s", where, why)
+        return why
+    if refused is not None:
+        log.warning("%s confirms writes on disk again: calls are sent", where)
+    return None
 
 
 class Replicas:
@@ -233,18 +244,9 @@ class Replicas:
             )
 
     async def _check_fsync(self) -> None:
-        try:
-            await self._probe.execute(*FSYNC_PROBE)
-        except ResponseError as exc:
-            if self.refused is None:
-                log.error("redis at %s: %s", self._probe.url.hosts, fsync_refusal(exc))
-            self.refused = fsync_refusal(exc)
-        else:
-            if self.refused is not None:
-                log.warning(
-                    "redis at %s confirms writes on disk again: calls are sent", self._probe.url.hosts
-                )
-            self.refused = None
+        self.refused = await check_fsync(
+            self._probe.execute, self.refused, f"redis at {self._probe.url.hosts}"
+        )
 
     def close(self) -> None:
         self._closed = True
@@ -309,24 +311,6 @@ class _Wait:
                 held.caller.set_exception(error)
 
 
-class _Ignored:
-    """The reply of a wait that only prompts the next one (Ack.commands)."""
-
-    __slots__ = ()
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, _: Any) -> None:
-        pass
-
-    def set_exception(self, _: BaseException) -> None:
-        pass  # the batch's last wait fails it too, or the connection's fault does
-
-
-_IGNORED: Final = _Ignored()
-
-
 class AckedLink(Link):
     """A link whose batches each end with a WAIT, their replies held until it answers."""
 
@@ -360,9 +344,9 @@ class AckedLink(Link):
         assert transport is not None
         count = len(self._buffer)
         needed, waits = self.replicas.wait_commands()
-        for wait in waits[:-1]:
+        for wait in waits[:-1]:  # only prompts the last: its failure fails that one too
             self._buffer.append(wait)
-            self.waiting.append(_IGNORED)
+            self.waiting.append(DISCARD)
         self._buffer.append(waits[-1])
         self.waiting.append(_Wait(self._batch, needed, self))
         self._batch = []

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.storage.scripts import ScriptCall, ScriptReply
-from service.storage.transports.acks import FSYNC_PROBE, Ack, Needed, fsync_refusal
+from service.storage.transports.acks import Ack, Needed, check_fsync
 from service.storage.transports.faults import NotAcknowledged, NotSent, ServerRefused
 
 log = logging.getLogger("service.transports.sentinel")
@@ -109,14 +109,7 @@ class SentinelAcks:
                     await self._ask.wait()
 
     async def _check_fsync(self) -> None:
-        try:
-            await self._client.execute_command(*FSYNC_PROBE)  # type: ignore[no-untyped-call]
-        except ResponseError as exc:
-            if self.refused is None:
-                log.error("the master: %s", fsync_refusal(exc))
-            self.refused = fsync_refusal(exc)
-        else:
-            self.refused = None
+        self.refused = await check_fsync(self._client.execute_command, self.refused, "the master")
 
     def close(self) -> None:
         self._closed = True
