@@ -14,13 +14,13 @@ from redis.exceptions import RedisError
 from service.storage.transports.acks import Ack, AckedConnections
 from service.storage.transports.faults import certainly_not_run
 from service.storage.urls import parse
-from tests.test_pipelined import _commands, scripted_redis
+from tests.test_pipelined import Handler, _commands, scripted_redis
 
 ROLE_ONE_REPLICA = b"*3\r\n$6\r\nmaster\r\n:0\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$1\r\n0\r\n"
 Reaction = Callable[[asyncio.StreamWriter], Awaitable[bool]]  # False: stop serving
 
 
-def fake_redis(on_wait: Reaction) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+def fake_redis(on_wait: Reaction) -> Handler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async for command in _commands(reader):
             name = command[0].upper()
@@ -37,14 +37,12 @@ def fake_redis(on_wait: Reaction) -> Callable[[asyncio.StreamReader, asyncio.Str
     return handler
 
 
-async def timed_outcomes(on_wait: Reaction) -> tuple[list[Any], float]:
-    """Five calls' outcomes, and how long they took to come (not counting the fake's end)."""
-    async with scripted_redis(fake_redis(on_wait)) as port:
+async def acked_outcomes(handler: Handler, ack: Ack) -> tuple[list[Any], float]:
+    """Five calls' outcomes through `ack` on a fake Redis served by `handler`, and how long
+    they took to come (not counting the fake's end)."""
+    async with scripted_redis(handler) as port:
         connections = AckedConnections(
-            parse(f"redis://127.0.0.1:{port}/0"),
-            timeout=0.5,
-            ack=Ack(replicas=True, fsync=False, wait=0.2),
-            max_pending=100,
+            parse(f"redis://127.0.0.1:{port}/0"), timeout=0.5, ack=ack, max_pending=100
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -55,6 +53,10 @@ async def timed_outcomes(on_wait: Reaction) -> tuple[list[Any], float]:
             return results, loop.time() - started
         finally:
             connections.close()
+
+
+async def timed_outcomes(on_wait: Reaction) -> tuple[list[Any], float]:
+    return await acked_outcomes(fake_redis(on_wait), Ack(replicas=True, fsync=False, wait=0.2))
 
 
 async def outcomes(on_wait: Reaction) -> list[Any]:

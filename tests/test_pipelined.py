@@ -67,6 +67,44 @@ async def _commands(reader: asyncio.StreamReader) -> AsyncIterator[list[bytes]]:
             yield command
 
 
+def pings_then(reply: bytes | None) -> Handler:
+    """A fake Redis that answers every PING, and every other command with `reply`: b""
+    closes the connection at it, None never answers it (a stalled Redis)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for command in _commands(reader):
+            if command[0].upper() == b"PING":
+                writer.write(b"+PONG\r\n")
+            elif reply == b"":
+                return
+            elif reply is not None:
+                writer.write(reply)
+
+    return handler
+
+
+async def outcomes_on_fake(
+    handler: Handler,
+    send: Callable[[PipelinedConnection], Awaitable[Any]],
+    times: int,
+    *,
+    max_pending: int = 10_000,
+) -> list[Any]:
+    """`times` calls made at once by `send` on one live connection to a fake Redis served
+    by `handler`: their outcomes, replies or exceptions."""
+    async with scripted_redis(handler) as port:
+        connection = PipelinedConnection(
+            parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0, max_pending=max_pending
+        )
+        await connection.execute("PING")
+        try:
+            return list(
+                await asyncio.gather(*(send(connection) for _ in range(times)), return_exceptions=True)
+            )
+        finally:
+            connection.close()
+
+
 async def pong_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answers the connection's handshake PING, then never answers again (a dead peer)."""
     async for _ in _commands(reader):

@@ -6,7 +6,7 @@ one that counts the app's rate limit. Real Redis: a single server, a master unde
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,9 +16,8 @@ from service.storage.scripts import GET_COUNTERS, UPDATE_COUNTERS, ScriptCall
 from service.storage.store import Store
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.faults import certainly_not_run
-from service.storage.urls import parse
 from tests.backends import empty_store
-from tests.test_pipelined import _commands, scripted_redis
+from tests.test_pipelined import outcomes_on_fake, pings_then
 
 GROUP = "{1:hot}"
 BACKENDS = ["redis", "replicas", "cluster"]
@@ -131,29 +130,12 @@ def test_a_caller_that_leaves_takes_nothing_from_the_others(
     assert replies == [[0, b"7"]] * 2
 
 
+def shared_read(connection: PipelinedConnection) -> Awaitable[Any]:
+    return connection.execute_shared("EVALSHA", "x", 0)
+
+
 def test_every_caller_of_a_shared_read_hears_of_a_lost_connection() -> None:
-    async def closes_at_the_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for command in _commands(reader):
-            if command[0].upper() == b"PING":
-                writer.write(b"+PONG\r\n")
-            else:
-                return
-
-    async def scenario() -> list[Any]:
-        async with scripted_redis(closes_at_the_read) as port:
-            connection = PipelinedConnection(parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0)
-            await connection.execute("PING")
-            try:
-                return list(
-                    await asyncio.gather(
-                        *(connection.execute_shared("EVALSHA", "x", 0) for _ in range(4)),
-                        return_exceptions=True,
-                    )
-                )
-            finally:
-                connection.close()
-
-    outcomes = asyncio.run(scenario())
+    outcomes = asyncio.run(outcomes_on_fake(pings_then(b""), shared_read, 4))
     assert len(outcomes) == 4
     # Written, then the connection lost: each may have run, none hangs or gets another's reply.
     assert all(isinstance(o, redis.RedisError) and not certainly_not_run(o) for o in outcomes), outcomes
@@ -176,27 +158,6 @@ def test_shared_reads_are_written_in_slices_of_max_batch_calls(
 
 
 def test_max_pending_bounds_the_reads_that_joined_one_call_too() -> None:
-    async def scenario() -> list[Any]:
-        async with scripted_redis(answers_only_ping) as port:
-            connection = PipelinedConnection(parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0, max_pending=8)
-            await connection.execute("PING")
-            try:
-                return list(
-                    await asyncio.gather(
-                        *(connection.execute_shared("EVALSHA", "x", 0) for _ in range(20)),
-                        return_exceptions=True,
-                    )
-                )
-            finally:
-                connection.close()
-
-    outcomes = asyncio.run(scenario())
+    outcomes = asyncio.run(outcomes_on_fake(pings_then(None), shared_read, 20, max_pending=8))
     refused = [o for o in outcomes if isinstance(o, redis.RedisError) and certainly_not_run(o)]
     assert len(refused) == 12, outcomes
-
-
-async def answers_only_ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A stalled Redis: PING answered, every other command never."""
-    async for command in _commands(reader):
-        if command[0].upper() == b"PING":
-            writer.write(b"+PONG\r\n")

@@ -6,7 +6,7 @@ Cluster); the combined script against the one-by-one script on Redis and fakered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -20,10 +20,9 @@ from service.storage.store import Store
 from service.storage.transports import combining
 from service.storage.transports.connection import PipelinedConnection
 from service.storage.transports.faults import certainly_not_run
-from service.storage.urls import parse
 from tests.backends import empty_store
 from tests.support import RedisServer
-from tests.test_pipelined import _commands, scripted_redis
+from tests.test_pipelined import outcomes_on_fake, pings_then
 from tests.test_read_coalescing import script_calls
 
 GROUP = "{1:hot}"
@@ -194,17 +193,11 @@ def test_a_redis_that_forgot_the_scripts_still_applies_each_update_once(
 # ---- a Redis that fails a combined call ----
 
 
-def failing_redis(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for command in _commands(reader):
-            if command[0].upper() == b"PING":
-                writer.write(b"+PONG\r\n")
-            elif not reply:
-                return
-            else:
-                writer.write(reply)
-
-    return handler
+def combinable_update(connection: PipelinedConnection) -> Awaitable[Any]:
+    call = update([("a", 1)])
+    return connection.execute_update(
+        UPDATE_COUNTERS, "EVALSHA", UPDATE_COUNTERS.sha, 3, *call.keys, *call.args
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,23 +211,7 @@ def failing_redis(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.Strea
     ids=["script-error", "oom", "wrong-shape", "closes"],
 )
 def test_a_combined_call_that_fails_as_a_whole_answers_each_update_maybe(reply: bytes) -> None:
-    async def scenario() -> list[Any]:
-        async with scripted_redis(failing_redis(reply)) as port:
-            connection = PipelinedConnection(parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0)
-            await connection.execute("PING")
-            call = update([("a", 1)])
-            args = ("EVALSHA", UPDATE_COUNTERS.sha, 3, *call.keys, *call.args)
-            try:
-                return list(
-                    await asyncio.gather(
-                        *(connection.execute_update(UPDATE_COUNTERS, *args) for _ in range(4)),
-                        return_exceptions=True,
-                    )
-                )
-            finally:
-                connection.close()
-
-    outcomes = asyncio.run(scenario())
+    outcomes = asyncio.run(outcomes_on_fake(pings_then(reply), combinable_update, 4))
     assert all(isinstance(o, redis.RedisError) and not certainly_not_run(o) for o in outcomes), outcomes
 
 
@@ -324,30 +301,6 @@ def test_combined_updates_are_written_in_slices_of_max_batch_calls(
 def test_max_pending_bounds_the_updates_that_joined_one_call_too() -> None:
     """A stalled Redis: past `max_pending` waiting callers, combined or not, a call is
     refused at once (certainly not run) rather than joining the queue."""
-
-    async def scenario() -> list[Any]:
-        async with scripted_redis(answers_only_ping) as port:
-            connection = PipelinedConnection(parse(f"redis://127.0.0.1:{port}/0"), timeout=1.0, max_pending=8)
-            await connection.execute("PING")
-            call = update([("a", 1)])
-            args = ("EVALSHA", UPDATE_COUNTERS.sha, 3, *call.keys, *call.args)
-            try:
-                return list(
-                    await asyncio.gather(
-                        *(connection.execute_update(UPDATE_COUNTERS, *args) for _ in range(20)),
-                        return_exceptions=True,
-                    )
-                )
-            finally:
-                connection.close()
-
-    outcomes = asyncio.run(scenario())
+    outcomes = asyncio.run(outcomes_on_fake(pings_then(None), combinable_update, 20, max_pending=8))
     refused = [o for o in outcomes if isinstance(o, redis.RedisError) and certainly_not_run(o)]
     assert len(refused) == 12, outcomes
-
-
-async def answers_only_ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A stalled Redis: PING answered, every other command never."""
-    async for command in _commands(reader):
-        if command[0].upper() == b"PING":
-            writer.write(b"+PONG\r\n")
