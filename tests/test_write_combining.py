@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fakeredis
@@ -154,6 +155,7 @@ def test_each_combined_update_announces_its_own_version_in_order(redis_server: R
     while (message := pubsub.get_message(timeout=1.0)) is not None:
         versions.append(int(message["data"].split(b"\xff")[1]))
     pubsub.close()
+    client.close()
     assert versions == list(range(1, 41))
 
 
@@ -244,7 +246,9 @@ def script_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
         yield fakeredis.FakeRedis(server=fakeredis.FakeServer())
         return
     server = RedisServer().start()
-    yield server.client()
+    client = server.client()
+    yield client
+    client.close()
     server.stop()
 
 
@@ -272,14 +276,95 @@ def test_the_combined_script_answers_and_stores_exactly_as_one_call_at_a_time(
     script_client.flushall()
     script_client.hset("{1:alone}", "seed", "1")
     script_client.hset("{1:together}", "seed", "1")
-    alone = run_alone(script_client, calls("{1:alone}"))
-    together = run_combined(script_client, calls("{1:together}"))
+    with notices(script_client, "{1:alone}", "{1:together}") as heard:
+        alone = run_alone(script_client, calls("{1:alone}"))
+        together = run_combined(script_client, calls("{1:together}"))
     assert together == alone
     assert script_client.hgetall("{1:together}") == script_client.hgetall("{1:alone}")
     for key in ("r1", "r2"):
         assert script_client.get(f"{{1:together}}:idempotency:{key}") == script_client.get(
             f"{{1:alone}}:idempotency:{key}"
         )
+    assert heard["{1:together}"] == heard["{1:alone}"], "the same notices, in the same order"
+
+
+@contextmanager
+def notices(client: redis.Redis, *groups: str) -> Iterator[dict[str, list[bytes]]]:
+    """Every notice on each group's channel while the block runs, in order (each channel
+    is read up to an end mark published after the block, so nothing is waited for)."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(*(f"{group}:changes" for group in groups))
+    for _ in groups:
+        pubsub.get_message(timeout=1.0, ignore_subscribe_messages=False)
+    heard: dict[str, list[bytes]] = {group: [] for group in groups}
+    try:
+        yield heard
+        for group in groups:
+            client.publish(f"{group}:changes", "end")
+        ended = 0
+        while ended < len(groups) and (message := pubsub.get_message(timeout=2.0)) is not None:
+            group = message["channel"].decode().removesuffix(":changes")
+            if message["data"] == b"end":
+                ended += 1
+            else:
+                heard[group].append(message["data"])
+        assert ended == len(groups), "every end mark came back"
+    finally:
+        pubsub.close()
+
+
+# ---- one read and one write of the group per combined call ----
+
+
+def test_a_combined_call_reads_the_group_once_and_writes_it_once(redis_server: RedisServer) -> None:
+    with redis_server.client() as client:
+        client.flushall()
+        client.config_resetstat()
+        replies = run_combined(client, [update([("a", 1), ("b", 2)]) for _ in range(10)])
+        stats = client.info("commandstats")
+        stored = client.hmget(GROUP, "a", "b")
+    assert [reply[1:] for reply in replies] == [[str(n).encode(), str(2 * n).encode()] for n in range(1, 11)]
+    assert (stats["cmdstat_hmget"]["calls"], stats["cmdstat_hset"]["calls"]) == (1, 1)
+    assert stats["cmdstat_hlen"]["calls"] == 1, "the Key count is read once, when a Key is new"
+    assert stats["cmdstat_publish"]["calls"] == 10, "each update announces its own version"
+    assert stored == [b"10", b"20"]
+
+
+def test_a_combined_call_counts_the_keys_its_earlier_updates_added(script_client: redis.Redis) -> None:
+    """The 20-Key limit sees the Keys the same call's earlier updates added, unwritten yet."""
+    script_client.flushall()
+    calls = [update([(f"k{5 * n + i}", 1) for i in range(5)]) for n in range(5)]
+    replies = run_combined(script_client, calls)
+    assert [reply[0] for reply in replies] == [0, 0, 0, 0, 10063]
+    assert replies[4] == [10063, 25]
+    assert script_client.hlen(GROUP) == 20 + 1  # and the version
+
+
+def test_a_refused_write_announces_nothing_and_changes_nothing() -> None:
+    """Redis refuses a script's first write (here: out of memory under noeviction); the
+    notices come after the group's one write, so none names a change that was not made."""
+    server = RedisServer().start()
+    client = server.client()
+    try:
+        client.hset(GROUP, "a", "5")
+        client.config_set("maxmemory-policy", "noeviction")
+        with notices(client, GROUP) as heard:
+            client.config_set("maxmemory", 1)
+            with pytest.raises(redis.ResponseError, match="used memory > 'maxmemory'"):
+                run_combined(client, [update([("a", 1)]), update([("b", 1)]), update([("a", 2)])])
+            client.config_set("maxmemory", 0)
+        assert heard[GROUP] == []
+        assert client.hgetall(GROUP) == {b"a": b"5"}
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_combined_call_refuses_updates_of_several_groups(script_client: redis.Redis) -> None:
+    script_client.flushall()
+    with pytest.raises(redis.ResponseError, match="several groups"):
+        run_combined(script_client, [update([("a", 1)]), update([("a", 1)], group="{1:other}")])
+    assert script_client.exists(GROUP, "{1:other}") == 0
 
 
 # Counts of one link; under ack = "replicas" a batch waiting for its replicas sends the

@@ -4,10 +4,12 @@ side by side on one redis-server of its own, with a bare HINCRBY pair as the flo
     .venv/bin/python -m tests.bench.script_cost [--ref HEAD~1] [--calls 20000] [--rounds 5]
 
 Each round runs, in turn, `--calls` Increase-by-1 calls of two Keys (a like counter's
-call) through each script, on spread groups and on one hot group, and the same count of
-pipelined HINCRBY pairs; Redis's own time per call comes from INFO commandstats (the
-script commands' usec, after CONFIG RESETSTAT). Medians over the rounds, and each
-script's ratio to the HINCRBY pair in the same round.
+call) through each script, on spread groups and on one hot group, then on the hot group
+through each version's combined form (write combining, `--combined` updates per script
+call) where it has one, and the same count of pipelined HINCRBY pairs; Redis's own time
+per update comes from INFO commandstats (the script commands' usec, after CONFIG
+RESETSTAT). Medians over the rounds, and each script's ratio to the HINCRBY pair in the
+same round.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -49,6 +53,24 @@ def source_at(ref: str) -> str:
     return source[:header_end] + shared + source[header_end:]
 
 
+def combined_at(ref: str) -> str | None:
+    """update_counters' combined form as that version's scripts.py generates it (None
+    before write combining): its service/ and lua/ unpacked and imported on their own."""
+    with tempfile.TemporaryDirectory() as tree:
+        archive = subprocess.run(
+            ["git", "archive", ref, "service", "lua"], cwd=ROOT, capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+        code = (
+            "from service.storage.scripts import UPDATE_COUNTERS as u;"
+            "print(u.combined.source if hasattr(u, 'combined') else '', end='')"
+        )
+        printed = subprocess.run(
+            [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True
+        ).stdout
+    return printed or None
+
+
 def usec_of(client: redis.Redis, commands: tuple[str, ...], run: Callable[[], None]) -> float:
     client.config_resetstat()
     run()
@@ -80,6 +102,28 @@ def script_calls(
     return run
 
 
+def combined_calls(
+    client: redis.Redis, sha: str, argv: list[str | int], calls: int, together: int
+) -> Callable[[], None]:
+    """`calls` updates of the hot group, `together` to a script call (the combined form's
+    KEYS and ARGV: each call's three KEYS; the count, then each call's ARGV count and ARGV)."""
+    group = "{1400000000:hot}"
+    keys = [group] * 3 * together
+    flat: list[str | int] = [together]
+    for _ in range(together):
+        flat += [len(argv), *argv]
+
+    def run() -> None:
+        pipe = client.pipeline(transaction=False)
+        for i in range(calls // together):
+            pipe.evalsha(sha, len(keys), *keys, *flat)
+            if i % BATCH == BATCH - 1:
+                pipe.execute()
+        pipe.execute()
+
+    return run
+
+
 def hincrby_pairs(client: redis.Redis, calls: int) -> Callable[[], None]:
     def run() -> None:
         pipe = client.pipeline(transaction=False)
@@ -99,12 +143,20 @@ def main() -> None:
     parser.add_argument("--ref", default="HEAD~1", help="the git ref of the script to compare with")
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--combined", type=int, default=32, help="updates per combined script call")
     args = parser.parse_args()
     server = RedisServer().start()
     try:
         client = redis.Redis.from_url(server.url)
         sources = {args.ref: source_at(args.ref), "tree": UPDATE_COUNTERS.source}
         scripts = {name: (client.script_load(source), argv_of(source)) for name, source in sources.items()}
+        combined_sources = {args.ref: combined_at(args.ref), "tree": UPDATE_COUNTERS.combined.source}
+        combined = {
+            name: (client.script_load(source), argv_of(source))
+            for name, source in combined_sources.items()
+            if source is not None
+        }
+        calls = args.calls - args.calls % args.combined
         rows: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             bare = usec_of(client, ("hincrby",), hincrby_pairs(client, args.calls)) / args.calls
@@ -118,8 +170,15 @@ def main() -> None:
                     )
                     rows.setdefault(label, []).append(usec)
                     rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
+            for name, (sha, argv) in combined.items():
+                label = f"{name}, one hot group, {args.combined} per script call"
+                run = combined_calls(client, sha, argv, calls, args.combined)
+                usec = usec_of(client, ("evalsha",), run) / calls
+                rows.setdefault(label, []).append(usec)
+                rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
         print(
-            f"Redis us per call, median of {args.rounds} rounds of {args.calls} calls (2 Keys, Increase 1):"
+            f"Redis us per update, median of {args.rounds} rounds of {args.calls} updates"
+            " (2 Keys, Increase 1):"
         )
         for label, values in rows.items():
             print(f"  {label:<45} {statistics.median(values):8.2f}")
