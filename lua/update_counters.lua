@@ -4,13 +4,6 @@ Why one script: the group check, the overflow and key-count checks and the write
 must see one state. Redis does not undo a script's earlier writes when a later
 call fails, so every check runs before the single HSET at the end.
 
-Why a cache of the group: the same body applies several updates of one group in one
-script call (write combining; service/storage/scripts.py generates that form from the
-`-- main:` section at the end). Each Redis command a script calls costs about as much
-as the command itself, so the updates read each field of the group once and write the
-group once, in one HSET before the notices, through the cache below; each still sees
-every earlier one's changes, and its replies, records and notices are its own.
-
 Why limbs: a Lua number is a double, exact only to 2^53. A counter value stays a
 decimal string; for Increase/Decrease it is split into a high and a low limb of
 at most 10 and 9 digits, each exact as a double, added with carry, range-checked
@@ -58,6 +51,36 @@ local MAX_KEYS = 20
 local LIMB = 1000000000
 local MAX_HI, MAX_LO, MIN_LO = 9223372036, 854775807, 854775808
 
+if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
+
+local keys, amounts = {}, {}
+for i = 9, #ARGV, 2 do
+  keys[#keys + 1] = ARGV[i]
+  amounts[#amounts + 1] = ARGV[i + 1]
+end
+
+-- One read for the group's metadata, its epoch, its version and every Key's old value.
+local group = KEYS[1]
+local old = redis.call("HMGET", group, META, EPOCH, VERSION, unpack(keys))
+local meta = table.remove(old, 1)
+local epoch = table.remove(old, 1)
+local version_held = table.remove(old, 1)
+
+if ARGV[3] ~= "" then
+  local outcome = replay_record(KEYS[3], epoch, ARGV[3])
+  if outcome == false then return {10004} end
+  if outcome then
+    local replay = {0}
+    for value in string.gmatch(outcome, "[^,]+") do
+      replay[#replay + 1] = value
+    end
+    return replay
+  end
+end
+
+if ARGV[1] == "1" and not meta then return {10010} end
+if meta == "Community" then return {10007} end
+
 local function split(s)
   local sign = 1
   if string.byte(s, 1) == 45 then sign, s = -1, string.sub(s, 2) end
@@ -91,133 +114,41 @@ local function add(a, b)
   return sign .. string.format("%.0f%09.0f", hi, lo)
 end
 
--- The group as this script call sees it. Updates read and write the group through
--- these, so a combined call of many updates of one group (write combining) reads each
--- field once and writes the group once, and each update still sees every earlier one's
--- changes. The one write comes before any notice, so a notice never names a change a
--- refused write did not make: Redis refuses only a script's first write (out of memory,
--- a read-only replica); once a script has written, it lets the rest through.
-local known = {}      -- field -> value (false: absent) as this call sees it, for each field read
-local length          -- HLEN of the group in Redis, read when first needed
-local added_here = 0  -- fields this call adds to the group, not yet written
-local dirty, changes, notices = {}, {}, {}
 
--- `fields`' values, reading from Redis (one HMGET) only fields not read before.
-local function read_fields(group, fields)
-  local missing = {}
-  for i = 1, #fields do
-    if known[fields[i]] == nil then missing[#missing + 1] = fields[i] end
-  end
-  if #missing > 0 then
-    local values = redis.call("HMGET", group, unpack(missing))
-    for i = 1, #missing do known[missing[i]] = values[i] end
-  end
-  local values = {}
-  for i = 1, #fields do values[i] = known[fields[i]] end
-  return values
-end
-
--- How many fields the group holds, this call's changes included.
-local function field_count(group)
-  if not length then length = redis.call("HLEN", group) end
-  return length + added_here
-end
-
--- Field, value, field, value, ...: each field read before (read_fields), so `known`
--- tells whether it is new to the group.
-local function write_fields(items)
-  for i = 1, #items, 2 do
-    local field, value = items[i], items[i + 1]
-    if changes[field] == nil then dirty[#dirty + 1] = field end
-    if known[field] == false then added_here = added_here + 1 end
-    known[field], changes[field] = value, value
+local new, added = {}, 0
+for i = 1, #keys do
+  if not old[i] then added = added + 1 end
+  if ARGV[7] == "set" then
+    new[i] = amounts[i]
+  else
+    new[i] = add(old[i] or "0", amounts[i])
+    if not new[i] then return {10004, keys[i]} end
   end
 end
 
--- The one write of the group, then each notice in the order of its change.
-local function write_group(group)
-  if #dirty > 0 then
-    local items = {}
-    for i = 1, #dirty do
-      items[#items + 1] = dirty[i]
-      items[#items + 1] = changes[dirty[i]]
-    end
-    redis.call("HSET", group, unpack(items))
-  end
-  for i = 1, #notices do announce(unpack(notices[i])) end
+if added > 0 then -- only a new Key can break the limit
+  local held = redis.call("HLEN", group) - (meta and 1 or 0) - (epoch and 1 or 0)
+    - (version_held and 1 or 0) + added
+  if held > MAX_KEYS then return {10063, held} end
 end
 
-local function update(KEYS, ARGV)
-  if over_rate_limit(KEYS[2], ARGV[2]) then return {60007} end
-
-  local keys, amounts = {}, {}
-  for i = 9, #ARGV, 2 do
-    keys[#keys + 1] = ARGV[i]
-    amounts[#amounts + 1] = ARGV[i + 1]
-  end
-
-  -- One read for the group's metadata, its epoch, its version and every Key's old value.
-  local group = KEYS[1]
-  local old = read_fields(group, {META, EPOCH, VERSION, unpack(keys)})
-  local meta = table.remove(old, 1)
-  local epoch = table.remove(old, 1)
-  local version_held = table.remove(old, 1)
-
-  if ARGV[3] ~= "" then
-    local outcome = replay_record(KEYS[3], epoch, ARGV[3])
-    if outcome == false then return {10004} end
-    if outcome then
-      local replay = {0}
-      for value in string.gmatch(outcome, "[^,]+") do
-        replay[#replay + 1] = value
-      end
-      return replay
-    end
-  end
-
-  if ARGV[1] == "1" and not meta then return {10010} end
-  if meta == "Community" then return {10007} end
-
-  local new, added = {}, 0
-  for i = 1, #keys do
-    if not old[i] then added = added + 1 end
-    if ARGV[7] == "set" then
-      new[i] = amounts[i]
-    else
-      new[i] = add(old[i] or "0", amounts[i])
-      if not new[i] then return {10004, keys[i]} end
-    end
-  end
-
-  if added > 0 then -- only a new Key can break the limit
-    local held = field_count(group) - (meta and 1 or 0) - (epoch and 1 or 0)
-      - (version_held and 1 or 0) + added
-    if held > MAX_KEYS then return {10063, held} end
-  end
-
-  local version_field, version, incarnation = next_version(version_held, ARGV[4])
-  local fields, changed = {VERSION, version_field}, {}
-  for i = 1, #keys do
-    fields[#fields + 1] = keys[i]
-    fields[#fields + 1] = new[i]
-    changed[#changed + 1] = keys[i]
-    changed[#changed + 1] = new[i]
-  end
-  if ARGV[3] ~= "" and not epoch then
-    epoch = ARGV[4]
-    fields[#fields + 1] = EPOCH
-    fields[#fields + 1] = epoch
-  end
-  write_fields(fields)
-  if ARGV[3] ~= "" then
-    -- Written with the update, in the group's slot: a failover loses both or neither.
-    write_record(KEYS[3], epoch, ARGV[3], table.concat(new, ","), ARGV[8])
-  end
-  notices[#notices + 1] = {ARGV[5], ARGV[6], incarnation, version, "u", changed}
-  return {0, unpack(new)}
+local version_field, version, incarnation = next_version(version_held, ARGV[4])
+local fields, changed = {VERSION, version_field}, {}
+for i = 1, #keys do
+  fields[#fields + 1] = keys[i]
+  fields[#fields + 1] = new[i]
+  changed[#changed + 1] = keys[i]
+  changed[#changed + 1] = new[i]
 end
-
--- main: one update alone (write combining replaces this with a loop over its calls).
-local reply = update(KEYS, ARGV)
-write_group(KEYS[1])
-return reply
+if ARGV[3] ~= "" and not epoch then
+  epoch = ARGV[4]
+  fields[#fields + 1] = EPOCH
+  fields[#fields + 1] = epoch
+end
+redis.call("HSET", group, unpack(fields))
+if ARGV[3] ~= "" then
+  -- Written with the update, in the group's slot: a failover loses both or neither.
+  write_record(KEYS[3], epoch, ARGV[3], table.concat(new, ","), ARGV[8])
+end
+announce(ARGV[5], ARGV[6], incarnation, version, "u", changed)
+return {0, unpack(new)}

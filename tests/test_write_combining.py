@@ -313,25 +313,11 @@ def notices(client: redis.Redis, *groups: str) -> Iterator[dict[str, list[bytes]
         pubsub.close()
 
 
-# ---- one read and one write of the group per combined call ----
-
-
-def test_a_combined_call_reads_the_group_once_and_writes_it_once(redis_server: RedisServer) -> None:
-    with redis_server.client() as client:
-        client.flushall()
-        client.config_resetstat()
-        replies = run_combined(client, [update([("a", 1), ("b", 2)]) for _ in range(10)])
-        stats = client.info("commandstats")
-        stored = client.hmget(GROUP, "a", "b")
-    assert [reply[1:] for reply in replies] == [[str(n).encode(), str(2 * n).encode()] for n in range(1, 11)]
-    assert (stats["cmdstat_hmget"]["calls"], stats["cmdstat_hset"]["calls"]) == (1, 1)
-    assert stats["cmdstat_hlen"]["calls"] == 1, "the Key count is read once, when a Key is new"
-    assert stats["cmdstat_publish"]["calls"] == 10, "each update announces its own version"
-    assert stored == [b"10", b"20"]
+# ---- a combined call on its group ----
 
 
 def test_a_combined_call_counts_the_keys_its_earlier_updates_added(script_client: redis.Redis) -> None:
-    """The 20-Key limit sees the Keys the same call's earlier updates added, unwritten yet."""
+    """The 20-Key limit sees the Keys the same call's earlier updates added."""
     script_client.flushall()
     calls = [update([(f"k{5 * n + i}", 1) for i in range(5)]) for n in range(5)]
     replies = run_combined(script_client, calls)
@@ -341,8 +327,9 @@ def test_a_combined_call_counts_the_keys_its_earlier_updates_added(script_client
 
 
 def test_a_refused_write_announces_nothing_and_changes_nothing() -> None:
-    """Redis refuses a script's first write (here: out of memory under noeviction); the
-    notices come after the group's one write, so none names a change that was not made."""
+    """Redis refuses a script's first write (here: out of memory under noeviction); an
+    update writes its group before its notice, so a combined call refused there
+    announces nothing: no notice names a change that was not made."""
     server = RedisServer().start()
     client = server.client()
     try:
@@ -358,34 +345,3 @@ def test_a_refused_write_announces_nothing_and_changes_nothing() -> None:
     finally:
         client.close()
         server.stop()
-
-
-def test_a_combined_call_refuses_updates_of_several_groups(script_client: redis.Redis) -> None:
-    script_client.flushall()
-    with pytest.raises(redis.ResponseError, match="several groups"):
-        run_combined(script_client, [update([("a", 1)]), update([("a", 1)], group="{1:other}")])
-    assert script_client.exists(GROUP, "{1:other}") == 0
-
-
-# Counts of one link; under ack = "replicas" a batch waiting for its replicas sends the
-# next calls to another of the master's four links, which share nothing with it.
-@pytest.mark.parametrize("backend", ["redis", "cluster"])
-def test_combined_updates_are_written_in_slices_of_max_batch_calls(
-    backend: str, request: pytest.FixtureRequest
-) -> None:
-    """Redis works on the first slice while the process makes the next (connection.py)."""
-
-    async def scenario(store: Store, inspector: Any) -> int:
-        before = script_calls(inspector)
-        await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(100)))
-        return script_calls(inspector) - before
-
-    assert on(backend, request, scenario) == 4  # 32 + 32 + 32 + 4
-
-
-def test_max_pending_bounds_the_updates_that_joined_one_call_too() -> None:
-    """A stalled Redis: past `max_pending` waiting callers, combined or not, a call is
-    refused at once (certainly not run) rather than joining the queue."""
-    outcomes = asyncio.run(outcomes_on_fake(pings_then(None), combinable_update, 20, max_pending=8))
-    refused = [o for o in outcomes if isinstance(o, redis.RedisError) and certainly_not_run(o)]
-    assert len(refused) == 12, outcomes

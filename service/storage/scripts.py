@@ -29,13 +29,11 @@ def _lua_dir() -> Path:
 def _with_includes(source: str, *, combined: bool = False) -> str:
     """Shared Lua from lua/include/, placed right after the script's header comment.
 
-    `combined`: the script's last section (from its `-- main:` line, which applies one
-    call with `update(KEYS, ARGV)` and writes the group with `write_group`) becomes a
-    loop that applies each of several calls on one group in one script call, in order,
-    each with its own KEYS and ARGV and its own reply, exactly as if each were a call of
-    its own, then writes the group once (write combining, combining.py). KEYS: each
-    call's, one after another, all on one group; ARGV: the number of calls, then for
-    each call the number of its ARGV and its ARGV. Reply: each call's reply, in order.
+    `combined`: the body becomes a function of (KEYS, ARGV), called for each of several
+    calls in one script call, in order, each with its own KEYS and ARGV and its own
+    reply, exactly as if each were a call of its own (connection.py's write combining).
+    KEYS: each call's, one after another; ARGV: the number of calls, then for each call
+    the number of its ARGV and its ARGV. Reply: each call's reply, in order.
     """
     header_end = source.index("]]\n") + 3
     shared = "".join(
@@ -43,23 +41,20 @@ def _with_includes(source: str, *, combined: bool = False) -> str:
     )
     body = source[header_end:]
     if combined:
-        body = body[: body.rindex(_MAIN)] + _COMBINED_MAIN
+        body = _COMBINED.format(body=body)
     return source[:header_end] + shared + body
 
 
-_MAIN: Final = "\n-- main:"
-_COMBINED_MAIN: Final = """
--- main, combined: every call on the group of the first (the cache above is one group's).
-for k = 4, #KEYS, 3 do
-  if KEYS[k] ~= KEYS[1] then return redis.error_reply("ERR combined calls of several groups") end
+_COMBINED: Final = """local function one(KEYS, ARGV)
+{body}
 end
-local replies, k, a = {}, 0, 2
+
+local replies, k, a = {{}}, 0, 2
 for i = 1, tonumber(ARGV[1]) do
   local argc = tonumber(ARGV[a])
-  replies[i] = update({KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]}, {unpack(ARGV, a + 1, a + argc)})
+  replies[i] = one({{KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]}}, {{unpack(ARGV, a + 1, a + argc)}})
   k, a = k + 3, a + 1 + argc
 end
-write_group(KEYS[1])
 return replies
 """
 
@@ -79,7 +74,7 @@ class Script:
 
 class CombinableScript(Script):
     """A script whose calls on one group may go as one script call (`combined`: the same
-    file, its `-- main:` section made a loop). Three KEYS, the group's first."""
+    file, its body applied to each call in turn). Three KEYS, the group's first."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name, keys=3)
