@@ -58,30 +58,49 @@ class Combined:
 
     __slots__ = ("args", "callers", "keys", "load", "script", "size")
 
-    def __init__(self, script: CombinableScript, load: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        script: CombinableScript,
+        load: Callable[[bytes], None],
+        keys: Sequence[ScriptArg],
+        args: Sequence[ScriptArg],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.script = script
         self.load = load  # sends a command whose reply nobody needs (SCRIPT LOAD)
-        self.keys: list[ScriptArg] = []
-        self.args: list[Sequence[ScriptArg]] = []
-        self.callers: list[asyncio.Future[Any]] = []
-        self.size = 0
+        self.keys: list[ScriptArg] = list(keys)
+        self.args: list[Sequence[ScriptArg]] = [args]
+        self.callers: list[asyncio.Future[Any]] = [loop.create_future()]
+        # Bytes of ARGV, counted when a second call asks to join: most entries (spread
+        # groups) stay alone, and counting costs more than the rest of an entry.
+        self.size = -1
+
+    @property
+    def first(self) -> asyncio.Future[Any]:
+        """The future of the call that started the entry."""
+        return self.callers[0]
 
     @property
     def joined(self) -> int:
         """Callers beyond the first: Link.joined counts them."""
         return len(self.callers) - 1
 
-    def fits(self, args: Sequence[ScriptArg]) -> bool:
-        return len(self.callers) < MAX_CALLS and self.size + _size(args) <= MAX_BYTES
-
-    def add(
+    def join(
         self, keys: Sequence[ScriptArg], args: Sequence[ScriptArg], loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[Any] | None:
+        """The future of one more call in this entry, or None when it would pass a bound."""
+        if len(self.callers) >= MAX_CALLS:
+            return None
+        if self.size < 0:
+            self.size = _size(self.args[0])
+        size = self.size + _size(args)
+        if size > MAX_BYTES:
+            return None
+        self.size = size
         future: asyncio.Future[Any] = loop.create_future()
         self.callers.append(future)
         self.keys.extend(keys)
         self.args.append(args)
-        self.size += _size(args)
         return future
 
     def packed(self) -> bytes:

@@ -244,16 +244,14 @@ class Link(asyncio.Protocol):
         """An update of the group `keys[0]`: joins the unsent updates of that group on
         this link, if any and if there is room, else starts them (combining.py)."""
         combined = self._unsent_updates.get(keys[0])
-        if combined is not None and combined.fits(args):
-            future = combined.add(keys, args, self._loop)
+        if combined is not None and (future := combined.join(keys, args, self._loop)) is not None:
             self._joined()
             return future
-        combined = Combined(script, self._load)
-        future = combined.add(keys, args, self._loop)
+        combined = Combined(script, self._load, keys, args, self._loop)
         self.send_entry(combined, combined)
         if self._buffer:  # not written at once (a full batch): later ones may join it
             self._unsent_updates[keys[0]] = combined
-        return future
+        return combined.first
 
     def queued(self) -> int:
         """Callers waiting on this link: what `max_pending` bounds."""
