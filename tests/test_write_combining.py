@@ -345,3 +345,27 @@ def test_a_refused_write_announces_nothing_and_changes_nothing() -> None:
     finally:
         client.close()
         server.stop()
+
+
+# Counts of one link; under ack = "replicas" a batch waiting for its replicas sends the
+# next calls to another of the master's four links, which share nothing with it.
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+def test_combined_updates_are_written_in_slices_of_max_batch_calls(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Redis works on the first slice while the process makes the next (connection.py)."""
+
+    async def scenario(store: Store, inspector: Any) -> int:
+        before = script_calls(inspector)
+        await asyncio.gather(*(store.run(update([("a", 1)])) for _ in range(100)))
+        return script_calls(inspector) - before
+
+    assert on(backend, request, scenario) == 4  # 32 + 32 + 32 + 4
+
+
+def test_max_pending_bounds_the_updates_that_joined_one_call_too() -> None:
+    """A stalled Redis: past `max_pending` waiting callers, combined or not, a call is
+    refused at once (certainly not run) rather than joining the queue."""
+    outcomes = asyncio.run(outcomes_on_fake(pings_then(None), combinable_update, 20, max_pending=8))
+    refused = [o for o in outcomes if isinstance(o, redis.RedisError) and certainly_not_run(o)]
+    assert len(refused) == 12, outcomes
