@@ -13,6 +13,7 @@ from service.storage.scripts import UPDATE_COUNTERS, ScriptCall
 from service.storage.store import open_store
 from service.storage.transports import sentinel as sentinel_module
 from service.storage.transports.sentinel import SentinelTransport
+from service.storage.transports.sentinel_promotion import Promotions
 from tests.topologies import MASTER_NAME, SentinelSetup, wait_for
 
 KEY = "{1:switch}"
@@ -47,6 +48,8 @@ def test_a_switch_is_followed_when_the_sentinels_announce_it_not_at_the_next_pol
     setup: SentinelSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sentinel_module, "_WATCH_SECONDS", 60.0)
+    # Nor ahead of the announcement (tests/test_sentinel_promotion.py): only it can move it.
+    monkeypatch.setattr(Promotions, "selected", lambda self, promotion: None)
 
     async def scenario() -> tuple[object, object, int, float]:
         store = open_store(setup.url, timeout=1.0)

@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +34,8 @@ from service.storage.transports.base import (
 from service.storage.transports.faults import is_connection_fault
 from service.storage.transports.sentinel_acks import SentinelAcks
 from service.storage.transports.sentinel_events import SwitchListener
+from service.storage.transports.sentinel_promotion import Address as NodeAddress
+from service.storage.transports.sentinel_promotion import FollowingSentinel, Promotions
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.storage.urls import RedisUrl
 
@@ -64,9 +65,19 @@ class SentinelTransport:
         self.master_name = url.master
         self.db = url.db
         # Each new master connection asks a sentinel first, on a pooled connection too.
-        self.sentinel = Sentinel(
+        self.sentinel = FollowingSentinel(
             url.hosts, sentinel_kwargs={**socket_kwargs, "max_connections": _MAX_CONNECTIONS + 2}
         )
+        self._ask_now = asyncio.Event()
+
+        def connect(address: NodeAddress) -> aioredis.Redis:
+            host, port = address
+            return aioredis.Redis(
+                host=host, port=port, username=url.username, password=url.password, **socket_kwargs
+            )
+
+        # A replica the sentinels promote is followed once it answers ROLE as master.
+        self.promotions = self.sentinel.promotions = Promotions(connect, self._ask_now.set)
         self.client: aioredis.Redis = self.sentinel.master_for(
             url.master,
             username=url.username,
@@ -80,7 +91,6 @@ class SentinelTransport:
         self._gate = Gate(_MAX_CONNECTIONS, max_pending, timeout)
         self._timeout = timeout
         self._watcher: asyncio.Task[None] | None = None
-        self._ask_now = asyncio.Event()
         self._closed = False
         self.master_address: Any = None  # as the watcher last heard it from the sentinels
         self._drop_idle = False
@@ -88,7 +98,9 @@ class SentinelTransport:
         self._subscriber: SocketSubscriber | None = None
         self._acks = None if ack is None else SentinelAcks(self.client, timeout=timeout, ack=ack)
         # +switch-master from any sentinel: the watcher asks at once, not at its next poll.
-        self._switches = SwitchListener(self.sentinel.sentinels, url.master, self._ask_now.set)
+        self._switches = SwitchListener(
+            self.sentinel.sentinels, url.master, self._ask_now.set, self.promotions.selected
+        )
 
     def _watch_master(self) -> None:
         if self._watcher is None:
@@ -104,6 +116,9 @@ class SentinelTransport:
         # Not `while True`: on Python 3.11 a cancel that lands as asyncio.timeout below
         # expires is taken for the timeout's own, and the loop would go on after close().
         while not self._closed:
+            # Cleared before asking, not after: a promotion followed while the sentinels
+            # are being asked must wake the next round, not wait out the poll.
+            self._ask_now.clear()
             try:
                 address = await self.sentinel.discover_master(self.master_name)
             except RedisError as exc:
@@ -127,7 +142,6 @@ class SentinelTransport:
             if self._drop_idle:
                 self._drop_idle = False
                 await self.client.connection_pool.disconnect(inuse_connections=False)
-            self._ask_now.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_WATCH_SECONDS):
                     await self._ask_now.wait()
@@ -201,6 +215,7 @@ class SentinelTransport:
     async def close(self) -> None:
         self._closed = True
         await self._switches.close()
+        await self.promotions.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

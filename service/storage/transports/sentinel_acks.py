@@ -40,6 +40,7 @@ class SentinelAcks:
         self._ask = asyncio.Event()
         self._known = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._asking: asyncio.Future[Any] | None = None
         self._closed = False
 
     async def run(self, call: ScriptCall) -> ScriptReply:
@@ -84,18 +85,28 @@ class SentinelAcks:
             raise NotSent(f"the master did not answer ROLE within {self._timeout} s") from None
 
     def ask_again(self) -> None:
-        """After a failover: the new master's replicas are counted before the next call."""
+        """After a failover: the new master's replicas are counted before the next call.
+        A ROLE still in flight went to the old master, which may take a whole timeout to
+        fail while calls wait for the answer: it is dropped, and the new master asked."""
         self.needed.forget()
         self._known.clear()
         self._ask.set()
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()
 
     async def _follow(self) -> None:
         # Not `while True`: on Python 3.11 a cancel that lands as asyncio.timeout below
         # expires is taken for the timeout's own, and the loop would outlive close().
         while not self._closed:
             self._ask.clear()
+            self._asking = asyncio.ensure_future(self._client.role())
             try:
-                role = await self._client.role()
+                role = await self._asking
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closed or (task is not None and task.cancelling()):
+                    raise
+                continue  # ask_again(): this ROLE went to the old master; ask the new one
             except RedisError as exc:
                 log.debug("ROLE on the master failed: %s", exc)
             else:
