@@ -6,7 +6,8 @@ side by side on one redis-server of its own, with a bare HINCRBY pair as the flo
 Each round runs, in turn, `--calls` Increase-by-1 calls of two Keys (a like counter's
 call) through each script, on spread groups and on one hot group, then on the hot group
 through each version's combined form (write combining, `--combined` updates per script
-call) where it has one, and the same count of pipelined HINCRBY pairs; Redis's own time
+call) where it has one, the tree's script as a Redis Function (`--functions`), and the
+same count of pipelined HINCRBY pairs; Redis's own time
 per update comes from INFO commandstats (the script commands' usec, after CONFIG
 RESETSTAT). Medians over the rounds, and each script's ratio to the HINCRBY pair in the
 same round.
@@ -124,6 +125,37 @@ def combined_calls(
     return run
 
 
+def as_function(source: str) -> str:
+    """The tree's update_counters as a Redis Function library: the includes, the
+    constants and the arithmetic (`split`, `add`) defined once, at FUNCTION LOAD; each
+    FCALL runs only the rest of the body. A measurement of what FCALL would save, not
+    what the service runs."""
+    body = source[source.index("]]\n") + 3 :]
+    constants, checks = body.index("local META"), body.index("if over_rate_limit")
+    arithmetic, rest = body.index("local function split(s)"), body.index("local new, added = {}, 0")
+    once = body[:checks] + body[arithmetic:rest]
+    per_call = body[checks:arithmetic] + body[rest:]
+    assert constants < checks < arithmetic < rest, "update_counters.lua moved: adjust as_function()"
+    return (
+        "#!lua name=script_cost\n"
+        f"{once}local function update(KEYS, ARGV)\n{per_call}\nend\n"
+        "redis.register_function('update_counters', function(keys, args) return update(keys, args) end)\n"
+    )
+
+
+def function_calls(client: redis.Redis, argv: list[str | int], calls: int, hot: bool) -> Callable[[], None]:
+    def run() -> None:
+        pipe = client.pipeline(transaction=False)
+        for i in range(calls):
+            group = "{1400000000:hot}" if hot else f"{{1400000000:g{i % 10_000}}}"
+            pipe.fcall("update_counters", 3, group, group, group, *argv)
+            if i % BATCH == BATCH - 1:
+                pipe.execute()
+        pipe.execute()
+
+    return run
+
+
 def hincrby_pairs(client: redis.Redis, calls: int) -> Callable[[], None]:
     def run() -> None:
         pipe = client.pipeline(transaction=False)
@@ -144,6 +176,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--combined", type=int, default=32, help="updates per combined script call")
+    parser.add_argument("--functions", action="store_true", help="the tree's script as a Redis Function too")
     args = parser.parse_args()
     server = RedisServer().start()
     try:
@@ -157,6 +190,12 @@ def main() -> None:
             if source is not None
         }
         calls = args.calls - args.calls % args.combined
+        if args.functions:
+            client.function_load(as_function(UPDATE_COUNTERS.source))
+            sha, argv = scripts["tree"]
+            as_script = client.evalsha(sha, 3, *["{check:script}"] * 3, *argv)
+            as_function_ = client.fcall("update_counters", 3, *["{check:function}"] * 3, *argv)
+            assert as_script == as_function_, f"the Function answers {as_function_}, the script {as_script}"
         rows: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             bare = usec_of(client, ("hincrby",), hincrby_pairs(client, args.calls)) / args.calls
@@ -168,6 +207,14 @@ def main() -> None:
                         usec_of(client, ("evalsha",), script_calls(client, sha, argv, args.calls, hot))
                         / args.calls
                     )
+                    rows.setdefault(label, []).append(usec)
+                    rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
+            if args.functions:
+                for hot in (False, True):
+                    label = f"tree as a Function, {'one hot group' if hot else 'spread groups'}"
+                    argv = scripts["tree"][1]
+                    run = function_calls(client, argv, args.calls, hot)
+                    usec = usec_of(client, ("fcall",), run) / args.calls
                     rows.setdefault(label, []).append(usec)
                     rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
             for name, (sha, argv) in combined.items():
