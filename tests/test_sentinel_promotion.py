@@ -152,10 +152,10 @@ def test_a_followed_replica_that_is_a_replica_again_is_let_go(pair: ReplicatedRe
     assert asyncio.run(scenario()) == promotion.old
 
 
-def test_a_promotion_is_followed_for_at_most_probe_seconds(
+def test_a_promotion_is_followed_ahead_of_the_sentinels_for_at_most_ahead_seconds(
     pair: ReplicatedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sentinel_promotion, "_PROBE_SECONDS", 0.6)
+    monkeypatch.setattr(sentinel_promotion, "_AHEAD_SECONDS", 0.6)
     monkeypatch.setattr(sentinel_promotion, "_CHECK_EVERY", 0.05)
     promotion = addresses(pair)
 
@@ -164,7 +164,7 @@ def test_a_promotion_is_followed_for_at_most_probe_seconds(
         promotions.selected(promotion)
         await asyncio.to_thread(promote, pair)
         followed = await until(lambda: promotions.current is not None, 0.5)
-        # The sentinels never name it: after _PROBE_SECONDS their word is followed alone.
+        # The sentinels never name it: after _AHEAD_SECONDS their word is followed alone.
         assert promotions._probe is not None
         ended = await until(promotions._probe.done, 2.0)
         answer = promotions.resolve(promotion.old)
@@ -172,6 +172,24 @@ def test_a_promotion_is_followed_for_at_most_probe_seconds(
         return followed, ended, answer
 
     assert asyncio.run(scenario()) == (True, True, promotion.old)
+
+
+def test_a_selected_replica_that_never_answers_master_is_asked_for_at_most_probe_seconds(
+    pair: ReplicatedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sentinel_promotion, "_PROBE_SECONDS", 0.3)
+    promotion = addresses(pair)
+
+    async def scenario() -> tuple[bool, Promoted | None]:
+        promotions = Promotions(connect, lambda: None)
+        promotions.selected(promotion)
+        assert promotions._probe is not None
+        ended = await until(promotions._probe.done, 2.0)
+        current = promotions.current
+        await promotions.close()
+        return ended, current
+
+    assert asyncio.run(scenario()) == (True, None)
 
 
 def test_a_selected_replica_that_cannot_be_reached_is_not_followed() -> None:
