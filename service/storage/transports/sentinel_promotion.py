@@ -82,7 +82,7 @@ class Promotions:
         self._on_change = on_change
         self.current: Promoted | None = None
         self._probe: asyncio.Task[None] | None = None
-        self.followed = 0  # promotions followed before the sentinels named them
+        self.followed = 0  # promoted replicas followed once they answered master
 
     def selected(self, promotion: Promoted) -> None:
         if self._probe is not None:
@@ -108,7 +108,7 @@ class Promotions:
                     return
                 await asyncio.sleep(_PROBE_EVERY)
             self.followed += 1
-            log.warning("following %s, promoted by the sentinels, before they announce it", promotion.new)
+            log.warning("the replica the sentinels promote, %s, takes writes: following it", promotion.new)
             self._set(promotion)
             # Until resolve() lets it go (the sentinels caught up), or it is a replica again.
             deadline = time.monotonic() + _AHEAD_SECONDS
