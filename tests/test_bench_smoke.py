@@ -11,7 +11,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from tests.bench.ack_latency import RoundTrips
+from tests.topologies import ReplicatedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = (
@@ -88,3 +92,23 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         assert measured["redis"]["commands_per_call"] > 0, key
     for key in ("rate_limited", "cluster", "ack_replicas"):
         assert data["rows"][key]["exactness"]["verdict"] == "PASS", key
+
+
+def test_the_ack_latency_probe_times_a_round_trip_to_the_replica() -> None:
+    """tests.bench.ack_latency's probe: WAIT 1 against PING measures the replica; with the
+    replica gone the same probe waits out WAIT's 1 s timeout."""
+    topology = ReplicatedRedis().start()
+    try:
+        assert topology.master is not None
+        with RoundTrips(topology.master.port) as probe:
+            time.sleep(0.3)
+        linked = probe.round_trip_ms
+        assert len(probe.wait_us) > 10
+        topology.replicas[0].stop()
+        with RoundTrips(topology.master.port) as probe:
+            time.sleep(0.1)
+        gone = probe.round_trip_ms
+    finally:
+        topology.stop()
+    assert linked < 50
+    assert gone > 900
