@@ -1,7 +1,7 @@
 """`make profile`: where a worker's time goes under one of `make bench`'s loads.
 
-python -m tests.bench.profile [--workload update|update-warning|get|cluster|live] [--seconds S]
-                              [--watchers N]
+python -m tests.bench.profile [--workload update|update-warning|get|hot-update|cluster|live]
+                              [--seconds S] [--watchers N]
 
 The service runs as in `make bench` (one worker pinned to one CPU; redis-server and the
 load on the other), and while the load runs this samples the worker three ways:
@@ -15,6 +15,7 @@ load on the other), and while the load runs this samples the worker three ways:
 
 `update` is the headline load (the default config: an access line per call),
 `update-warning` the same with log_level = "warning", `get` get_group_counter,
+`hot-update` the update load with every call on one group (write combining),
 `cluster` the update load on a 3-master Redis Cluster started here, and
 `live` the live-counter delivery run with --watchers watchers of one group. Prints a
 report; writes nothing. BENCHMARKS.md's gaps are explained from its output
@@ -218,16 +219,18 @@ def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> Non
             service.start(cpus.server)
             create_groups(service.port, usersig, group_ids(GROUPS))
             script = "get" if workload == "get" else "update"
-            run_wrk(service.port, WARMUP_SECONDS, usersig, GROUPS, cpus.load, **_script(script))
+            # hot-update: every call on one group, as make bench's hot row (write combining).
+            groups = 1 if workload == "hot-update" else GROUPS
+            run_wrk(service.port, WARMUP_SECONDS, usersig, groups, cpus.load, **_script(script))
             sampler = Sampler(service.pid, seconds, workdir)
             with sampler.in_background(after=1.0):
                 result = run_wrk(
-                    service.port, int(seconds) + 2, usersig, GROUPS, cpus.load, **_script(script)
+                    service.port, int(seconds) + 2, usersig, groups, cpus.load, **_script(script)
                 )
             print_report(
                 f"{workload}: {result.rps:,.0f} requests/s",
                 sampler,
-                f"wrk, 64 connections, {GROUPS:,} groups",
+                f"wrk, 64 connections, {groups:,} group{'s' if groups > 1 else ''}",
             )
 
 
@@ -278,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.bench.profile", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--workload", default="update", choices=["update", "update-warning", "get", "cluster", "live"]
+        "--workload",
+        default="update",
+        choices=["update", "update-warning", "get", "hot-update", "cluster", "live"],
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="the sampling window")
     parser.add_argument("--watchers", type=int, default=10_000, help="watchers, for --workload live")
