@@ -5,7 +5,7 @@ until the sentinels name it themselves, name another node, or it is a replica ag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,15 +18,15 @@ from service.storage.transports.acks import Ack
 from service.storage.transports.sentinel import SentinelTransport
 from service.storage.transports.sentinel_acks import SentinelAcks
 from service.storage.transports.sentinel_promotion import (
-    Address,
     FollowingSentinel,
     Promoted,
     Promotions,
     selected_replica,
 )
+from service.storage.transports.subscriber import Address
 from service.storage.urls import parse
 from tests.support import free_port
-from tests.test_sentinel_switch import CALL
+from tests.test_sentinel_switch import CALL, until
 from tests.topologies import MASTER_NAME, ReplicatedRedis, SentinelSetup
 
 THIRD: Address = ("127.0.0.1", 1)
@@ -46,14 +46,6 @@ def addresses(pair: ReplicatedRedis) -> Promoted:
 
 def connect(address: Address) -> aioredis.Redis:
     return aioredis.Redis(host=address[0], port=address[1], socket_timeout=0.5, socket_connect_timeout=0.5)
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
 
 
 def promote(pair: ReplicatedRedis) -> None:
@@ -226,8 +218,8 @@ def test_a_new_selection_replaces_the_one_followed(pair: ReplicatedRedis) -> Non
 
 def test_with_the_old_master_down_the_followed_replica_is_the_answer() -> None:
     async def scenario() -> tuple[object, bool]:
-        sentinel = FollowingSentinel([])  # no sentinel: "no master found", as when it is down
-        promotions = sentinel.promotions = Promotions(connect, lambda: None)
+        promotions = Promotions(connect, lambda: None)
+        sentinel = FollowingSentinel([], promotions)  # no sentinel: "no master found", as when it is down
         promotions.current = Promoted(old=("127.0.0.1", 2), new=THIRD)
         early = await sentinel.discover_master(MASTER_NAME)
         promotions.current = None

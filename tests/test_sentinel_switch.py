@@ -27,11 +27,13 @@ def setup() -> Iterator[SentinelSetup]:
     topology.stop()
 
 
-async def until(condition: Callable[[], bool], seconds: float) -> None:
-    for _ in range(int(seconds / 0.05)):
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether `condition` held within `seconds`, asked every 20 ms."""
+    for _ in range(int(seconds / 0.02)):
         if condition():
-            return
-        await asyncio.sleep(0.05)
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
 
 
 def failover(setup: SentinelSetup) -> int:

@@ -34,7 +34,6 @@ from service.storage.transports.base import (
 from service.storage.transports.faults import is_connection_fault
 from service.storage.transports.sentinel_acks import SentinelAcks
 from service.storage.transports.sentinel_events import SwitchListener
-from service.storage.transports.sentinel_promotion import Address as NodeAddress
 from service.storage.transports.sentinel_promotion import FollowingSentinel, Promotions
 from service.storage.transports.subscriber import Address, SocketSubscriber, Subscriber
 from service.storage.urls import RedisUrl
@@ -64,20 +63,22 @@ class SentinelTransport:
         }
         self.master_name = url.master
         self.db = url.db
-        # Each new master connection asks a sentinel first, on a pooled connection too.
-        self.sentinel = FollowingSentinel(
-            url.hosts, sentinel_kwargs={**socket_kwargs, "max_connections": _MAX_CONNECTIONS + 2}
-        )
         self._ask_now = asyncio.Event()
 
-        def connect(address: NodeAddress) -> aioredis.Redis:
+        def connect(address: Address) -> aioredis.Redis:
             host, port = address
             return aioredis.Redis(
                 host=host, port=port, username=url.username, password=url.password, **socket_kwargs
             )
 
         # A replica the sentinels promote is followed once it answers ROLE as master.
-        self.promotions = self.sentinel.promotions = Promotions(connect, self._ask_now.set)
+        self.promotions = Promotions(connect, self._ask_now.set)
+        # Each new master connection asks a sentinel first, on a pooled connection too.
+        self.sentinel = FollowingSentinel(
+            url.hosts,
+            self.promotions,
+            sentinel_kwargs={**socket_kwargs, "max_connections": _MAX_CONNECTIONS + 2},
+        )
         self.client: aioredis.Redis = self.sentinel.master_for(
             url.master,
             username=url.username,

@@ -36,9 +36,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.exceptions import RedisError
 
-log = logging.getLogger("service.transports.sentinel")
+from service.storage.transports.subscriber import Address
 
-Address = tuple[str, int]
+log = logging.getLogger("service.transports.sentinel")
 
 # How often the chosen replica is asked, until it answers master; then how often it is
 # asked whether it still is.
@@ -146,15 +146,15 @@ class FollowingSentinel(Sentinel):
     """redis-py's Sentinel, whose answer for the master goes through `promotions`: the
     transport's watcher, every new connection and the subscriber all ask here."""
 
-    promotions: Promotions | None = None
+    def __init__(self, sentinels: list[Address], promotions: Promotions, **kwargs: Any) -> None:
+        super().__init__(sentinels, **kwargs)
+        self.promotions = promotions
 
     async def discover_master(self, service_name: str) -> Any:
         try:
             host, port = await super().discover_master(service_name)
         except MasterNotFoundError:
-            if self.promotions is None or (early := self.promotions.resolve(None)) is None:
+            if (early := self.promotions.resolve(None)) is None:
                 raise
             return early
-        if self.promotions is None:
-            return host, port
         return self.promotions.resolve((str(host), int(port)))
