@@ -89,13 +89,18 @@ def argv_of(source: str) -> list[str | int]:
 
 
 def script_calls(
-    client: redis.Redis, sha: str, argv: list[str | int], calls: int, hot: bool
+    client: redis.Redis, sha: str | None, argv: list[str | int], calls: int, hot: bool
 ) -> Callable[[], None]:
+    """`calls` updates through the script `sha`, or (None) through as_function()'s FCALL."""
+
     def run() -> None:
         pipe = client.pipeline(transaction=False)
         for i in range(calls):
             group = "{1400000000:hot}" if hot else f"{{1400000000:g{i % 10_000}}}"
-            pipe.evalsha(sha, 3, group, group, group, *argv)
+            if sha is None:
+                pipe.fcall("update_counters", 3, group, group, group, *argv)
+            else:
+                pipe.evalsha(sha, 3, group, group, group, *argv)
             if i % BATCH == BATCH - 1:
                 pipe.execute()
         pipe.execute()
@@ -141,19 +146,6 @@ def as_function(source: str) -> str:
         f"{once}local function update(KEYS, ARGV)\n{per_call}\nend\n"
         "redis.register_function('update_counters', function(keys, args) return update(keys, args) end)\n"
     )
-
-
-def function_calls(client: redis.Redis, argv: list[str | int], calls: int, hot: bool) -> Callable[[], None]:
-    def run() -> None:
-        pipe = client.pipeline(transaction=False)
-        for i in range(calls):
-            group = "{1400000000:hot}" if hot else f"{{1400000000:g{i % 10_000}}}"
-            pipe.fcall("update_counters", 3, group, group, group, *argv)
-            if i % BATCH == BATCH - 1:
-                pipe.execute()
-        pipe.execute()
-
-    return run
 
 
 def hincrby_pairs(client: redis.Redis, calls: int) -> Callable[[], None]:
@@ -213,7 +205,7 @@ def main() -> None:
                 for hot in (False, True):
                     label = f"tree as a Function, {'one hot group' if hot else 'spread groups'}"
                     argv = scripts["tree"][1]
-                    run = function_calls(client, argv, args.calls, hot)
+                    run = script_calls(client, None, argv, args.calls, hot)
                     usec = usec_of(client, ("fcall",), run) / args.calls
                     rows.setdefault(label, []).append(usec)
                     rows.setdefault(f"{label} / HINCRBY pair", []).append(usec / bare)
