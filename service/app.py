@@ -18,9 +18,11 @@ from starlette.responses import Response
 from starlette.routing import Route, Router, request_response
 from starlette.types import Receive, Scope, Send
 
-from service.api.endpoint import CommandEndpoint, send_reply
+from service.api.endpoint import CommandEndpoint
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
+from service.http.direct import Handler
+from service.http.exchange import send_reply
 from service.http.openapi import openapi_document
 from service.http.probes import Readiness, healthz
 from service.live.demo import DemoPage
@@ -74,6 +76,13 @@ class CommandFirst:
         self.commands = commands
         self.watch = watch
         self.router = router
+
+    def direct_routes(self, method: str, path: str) -> Handler | None:
+        """What the HTTP edge answers below ASGI (service/http/direct.py): every command
+        path but the watch stream's, in any method but HEAD (whose answer has no body)."""
+        if method != "HEAD" and path.startswith(COMMAND_PREFIX) and path != _WATCH_PATH:
+            return self.commands.serve
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(COMMAND_PREFIX):

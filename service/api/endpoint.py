@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any, Final
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from service.api.access import Access, EndUser
 from service.api.call import Call
@@ -24,23 +24,14 @@ from service.api.commands import COMMANDS, END_USER_COMMANDS, Command
 from service.api.listing import ListingBounds, WalkAbandoned, Walks
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
-from service.http.body import BodyTooLarge, ClientGone, decode_request, read_body
+from service.http.body import BodyTooLarge, ClientGone, decode_request
+from service.http.exchange import AsgiExchange, Exchange
 from service.ops.access_log import ACCESS
 from service.ops.metrics import TALLY
 from service.storage.store import Store
 from service.wire import encode_error
 
 log = logging.getLogger("service")
-
-_JSON: Final = (b"content-type", b"application/json")
-
-
-async def send_reply(send: Send, status: int, payload: bytes, request_id: bytes | None = None) -> None:
-    headers = [_JSON, (b"content-length", b"%d" % len(payload))]
-    if request_id is not None:
-        headers.append((b"x-request-id", request_id))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
 
 
 class RequestIds:
@@ -59,21 +50,12 @@ class RequestIds:
         return f"{self._prefix}-{next(self._counter):x}".encode()
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client has gone: uvicorn's receive() after the body answers
-    `http.disconnect` once the connection is lost."""
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _run(command: Command[Any], call: Call, request: Any, receive: Receive) -> bytes:
+async def _run(command: Command[Any], call: Call, request: Any, exchange: Exchange) -> bytes:
     """The command; one that walks (more than one script) learns when its client leaves
     and stops there, instead of walking on for no one (issue 25)."""
     if not command.walks:
         return await command.run(call, request)
-    gone = asyncio.ensure_future(_disconnected(receive))
+    gone = asyncio.ensure_future(exchange.gone())
     call.client_left = gone.done
     try:
         return await command.run(call, request)
@@ -130,6 +112,10 @@ class CommandEndpoint:
         return call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(scope, AsgiExchange(scope, receive, send))
+
+    async def serve(self, scope: Scope, exchange: Exchange) -> None:
+        """One call, over ASGI or on its request cycle (service/http/direct.py)."""
         started = time.perf_counter()
         name: str = scope["path"][self.prefix_length :]
         command = COMMANDS.get(name)
@@ -154,13 +140,13 @@ class CommandEndpoint:
                     await call.limit.count_alone()
             sdkappid = call.app.sdkappid
             try:
-                body = await read_body(scope, receive, self.max_body_bytes)
+                body = await exchange.read_body(self.max_body_bytes)
                 if method == "GET" and not body:
                     body = b"{}"  # a GET without a body asks with every field absent
                 request = decode_request(command.decode, body)
                 group_id = getattr(request, "group_id", None)
                 call.check_idempotency_key()
-                payload = await _run(command, call, request, receive)
+                payload = await _run(command, call, request, exchange)
             except ServiceError:
                 # The limit is checked before the body: a call refused before its script
                 # ran still counts, and over the limit it answers 60007 instead.
@@ -187,7 +173,7 @@ class CommandEndpoint:
 
         request_id = self.request_ids(scope)
         try:
-            await send_reply(send, status, payload, request_id)
+            await exchange.reply(status, payload, request_id)
         except RuntimeError as exc:
             # uvloop closes a reset connection's transport before uvicorn hears of it, and
             # uvicorn's send then raises: a client that left, not a fault of ours.

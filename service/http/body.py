@@ -27,16 +27,21 @@ class ClientGone(Exception):
     """The client disconnected before sending its whole body; there is no one to answer."""
 
 
-def _too_large(cap: int) -> BodyTooLarge:
+def too_large(cap: int) -> BodyTooLarge:
     return BodyTooLarge(f"the request body is larger than the {cap}-byte limit")
 
 
-async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
+def check_declared_length(scope: Scope, cap: int) -> None:
+    """A Content-Length over the cap is refused before a byte of the body is read."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and (len(value) > _MAX_LENGTH_DIGITS or int(value) > cap):
-                raise _too_large(cap)
-            break
+                raise too_large(cap)
+            return
+
+
+async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
+    check_declared_length(scope, cap)
     body = b""
     while True:
         message = await receive()
@@ -45,7 +50,7 @@ async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
         chunk: bytes = message.get("body", b"")
         if chunk:
             if len(body) + len(chunk) > cap:
-                raise _too_large(cap)
+                raise too_large(cap)
             body += chunk
         if not message.get("more_body", False):
             return body

@@ -30,16 +30,18 @@ import ctypes.util
 import gc
 import logging
 import math
+import urllib.parse
 from typing import Any, ClassVar, Final
 
 import httptools
 import msgspec
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service.errors import ErrorCode
+from service.http.direct import DirectCycle, DirectRoutes
 from service.ops.metrics import TALLY
 from service.wire import encode_error
 
@@ -226,6 +228,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._held: bytes = b""
         self._heavy = False
         self._refused = False
+        # The app's commands, answered below ASGI (direct.py); absent, every call is ASGI.
+        self._direct: DirectRoutes | None = getattr(self.app, "direct_routes", None)
 
     # Connection ---------------------------------------------------------------------------
 
@@ -359,12 +363,54 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _Rejected
 
     def on_headers_complete(self) -> None:
+        # uvicorn's (0.55), but for the cycle it makes: a command's answers itself (direct.py).
         self._phase = _BODY
-        super().on_headers_complete()
-        # Its task has not run yet (it starts at the next loop step, or waits in the pipeline).
-        self.cycle.transport = OneWrite(self.transport, self.cycle, self.loop)  # type: ignore[assignment]
-        if len(self.pipeline) > 1:
-            self._heavy = True
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        method = scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        path = scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        cycle: RequestResponseCycle
+        settings: dict[str, Any] = {
+            "scope": scope,
+            "transport": self.transport,
+            "flow": self.flow,
+            "logger": self.logger,
+            "access_logger": self.access_logger,
+            "access_log": self.access_log,
+            "default_headers": self.server_state.default_headers,
+            "message_event": asyncio.Event(),
+            "expect_100_continue": self.expect_100_continue,
+            "keep_alive": http_version != "1.0" and parser.should_keep_alive(),
+            "on_response": self.on_response_complete,
+        }
+        handler = self._direct(method, path) if self._direct is not None else None
+        if handler is not None:
+            cycle = DirectCycle(handler, **settings)
+        else:
+            cycle = RequestResponseCycle(**settings)
+            # Its task has not run yet (it starts at the next loop step, or waits in the pipeline).
+            cycle.transport = OneWrite(self.transport, cycle, self.loop)  # type: ignore[assignment]
+        existing, self.cycle = self.cycle, cycle
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, self.app)
+        else:
+            # Pipelined requests wait their turn (on_response_complete starts the next).
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
+            if len(self.pipeline) > 1:
+                self._heavy = True
 
     def on_message_complete(self) -> None:
         self._phase = _APP

@@ -37,10 +37,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.api.access import Access, EndUser, Principal
 from service.api.call import Call
-from service.api.endpoint import RequestIds, send_reply
+from service.api.endpoint import RequestIds
 from service.api.validate import COMMUNITY_PREFIX, check_group_id
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
+from service.http.exchange import send_reply
 from service.http.protocol import OneWrite
 from service.live.feeds import Feeds
 from service.ops.access_log import ACCESS
