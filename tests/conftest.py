@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.config import Settings, parse_config
 from tests.backends import BACKENDS, empty_store
+from tests.edge import served
 from tests.support import AOF_ALWAYS, CONFIG, Api, RedisServer
 from tests.topologies import Cluster, ReplicatedRedis
 
@@ -57,6 +58,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Iterator[Api]:
+    store, inspector = empty_store(backend, request)
+    app = create_app(settings, store)
+    # The embedded store's tests call over ASGI; the others through a real HTTP server (tests/edge.py).
+    with TestClient(app) if backend == "memory" else served(app) as client:
+        yield Api(client=client, inspector=inspector)
+    inspector.close()
+
+
+@pytest.fixture
+def asgi_api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """As `api`, over ASGI on every backend (a TestClient): for requests no HTTP client sends."""
     store, inspector = empty_store(backend, request)
     with TestClient(create_app(settings, store)) as client:
         yield Api(client=client, inspector=inspector)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
+import httpx2
 import redis
-from starlette.testclient import TestClient
 
 from service.api.auth import mint_usersig
 from service.ops.access_log import ACCESS
@@ -292,7 +292,7 @@ def query(sdkappid: int = REGISTERED_APP, identifier: str = ADMIN, **overrides: 
 class Api:
     """Calls commands the way a client of the hosted platform does."""
 
-    client: TestClient
+    client: httpx2.Client  # a TestClient (ASGI) or a client of a real server (tests/edge.py)
     inspector: redis.Redis
 
     def call(

@@ -1,7 +1,7 @@
 """Hostile input fuzzing: random bodies, query strings, headers, paths and methods (hypothesis).
 
-Each example is one raw ASGI request to the in-process app (the `api` fixture: every
-backend conftest offers), sent on the TestClient's own event loop (its portal), so
+Each example is one raw ASGI request to the in-process app (the `asgi_api` fixture, on
+every backend conftest offers), sent on the TestClient's own event loop (its portal), so
 that nothing an HTTP client would refuse to send has to be skipped: an inconsistent or
 repeated Content-Length, raw bytes in the query string or a header, a body in chunks.
 
@@ -37,6 +37,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Scope
 
 from service.config import parse_config
@@ -82,9 +83,9 @@ def seed(api: Api) -> None:
 
 
 @pytest.fixture
-def seeded(api: Api) -> Api:
-    seed(api)
-    return api
+def seeded(asgi_api: Api) -> Api:
+    seed(asgi_api)
+    return asgi_api
 
 
 def snapshot(api: Api) -> dict[Any, Any]:
@@ -149,7 +150,8 @@ async def _exchange(app: ASGIApp, scope: Scope, chunks: list[bytes]) -> list[Mes
 
 
 def send_raw(api: Api, raw: Raw) -> Answer:
-    portal = api.client.portal
+    client = cast(TestClient, api.client)
+    portal = client.portal
     assert portal is not None, "the TestClient is not running"
     scope: Scope = {
         "type": "http",
@@ -169,7 +171,7 @@ def send_raw(api: Api, raw: Raw) -> Answer:
     }
     size = max(1, -(-len(raw.body) // raw.chunks))
     chunks = [raw.body[i : i + size] for i in range(0, len(raw.body), size)] or [b""]
-    messages = portal.call(_exchange, api.client.app, scope, chunks)
+    messages = portal.call(_exchange, client.app, scope, chunks)
     starts = [m for m in messages if m["type"] == "http.response.start"]
     assert len(starts) == 1, f"no single response start: {messages}"
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
