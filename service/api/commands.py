@@ -150,7 +150,8 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
     for key, item in zip(keys, items, strict=True):
         # A Decrease is an add of the negated Value; -(-2**63) is one past int64,
         # which the script's limb arithmetic handles and a Redis HINCRBY could not.
-        pairs += (key, -item.value if mode == "Decrease" else item.value)
+        # As decimal text, as Redis takes every argument: so combining.py counts its size cheaply.
+        pairs += (key, str(-item.value if mode == "Decrease" else item.value))
     group = group_key(call.app.sdkappid, group_id)
     record, fingerprint, token = _idempotency(call, "update_group_counter", group, [operation, *pairs])
     window, limit = call.limit.in_script(group)
@@ -166,7 +167,7 @@ async def update_group_counter(call: Call, request: UpdateGroupCounter) -> bytes
                 call.store.announce,
                 changes_channel(group, call.store.db),
                 operation,
-                call.store.record_ttl,
+                str(call.store.record_ttl),
                 *pairs,
             ],
         )

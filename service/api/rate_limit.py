@@ -49,9 +49,9 @@ class RateLimit:
         """KEYS[2] and ARGV[2] of a command script: the app's window and limit when the
         count rides in the script, else the group's key again (same slot) and "0"."""
         if self._counted:
-            return group, 0
+            return group, "0"
         self._counted = True
-        return rate_limit_key(self._app.sdkappid), self._app.rate_limit
+        return rate_limit_key(self._app.sdkappid), str(self._app.rate_limit)
 
     def check(self, reply: ScriptReply) -> None:
         """60007 when a script (command or counter) answered that the app is over."""
