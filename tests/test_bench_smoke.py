@@ -80,8 +80,12 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         assert re.search(row, text, re.MULTILINE), label
     assert re.search(r"\*\*-?\d+\.\d bytes per hash\*\*", text)
     assert re.search(
-        r"^\| 18 \| final counters = sum of acknowledged increments .* \| PASS \|$", text, re.MULTILINE
+        r"^\| 20 \| final counters = sum of acknowledged increments .* \| PASS \|$", text, re.MULTILINE
     )
+    # the rows against each other: a hot group against spread groups, "replicas" against "primary"
+    relative = r"\| \d+\.\d{3}x / \d+\.\d{3}x = \d+\.\d{3} — (?:met|\*\*not met\*\*) \|$"
+    assert re.search(r"^\| 14 \| update_group_counter on one hot group .*" + relative, text, re.MULTILINE)
+    assert re.search(r'^\| 15 \| ack = "replicas" ≥ 0\.80 x .*' + relative, text, re.MULTILINE)
     data = json.loads(text.split("<!-- bench-data: ", 1)[1].split(" -->", 1)[0])
     rows = {"update": data["throughput"], **data["rows"]}
     assert len(rows) == len(ROWS)
