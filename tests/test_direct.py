@@ -17,10 +17,11 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from starlette.testclient import TestClient
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from service.app import create_app
@@ -310,14 +311,11 @@ def cycle_of(handler: Any, *, keep_alive: bool = True) -> tuple[DirectCycle, Tra
     transport, responded = Transport(), []
     cycle = DirectCycle(
         handler,
-        scope={"type": "http", "path": PREFIX + "x", "method": "POST", "headers": []},
-        transport=transport,
-        flow=Flow(),
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test"),
-        access_log=False,
-        default_headers=[(b"server", b"uvicorn")],
-        message_event=asyncio.Event(),
+        {"type": "http", "path": PREFIX + "x", "method": "POST", "headers": []},
+        cast(asyncio.Transport, transport),
+        cast(FlowControl, Flow()),
+        logging.getLogger("test"),
+        [(b"server", b"uvicorn")],
         expect_100_continue=False,
         keep_alive=keep_alive,
         on_response=lambda: responded.append("done"),
@@ -405,9 +403,33 @@ def test_nothing_is_written_to_a_client_that_left() -> None:
     assert asyncio.run(scenario()) == []
 
 
-def test_a_direct_cycle_is_uvicorns_request_cycle() -> None:
-    """So the protocol's pipeline, disconnect and shutdown handling apply to it unchanged."""
+def test_a_direct_cycle_is_uvicorns_request_cycle_with_every_attribute_of_one() -> None:
+    """So the protocol's pipeline, disconnect and shutdown handling apply to it unchanged
+    (a uvicorn that adds an attribute to its cycle fails this, not a call in production)."""
     assert issubclass(DirectCycle, RequestResponseCycle)
+
+    async def handler(scope: Any, exchange: Exchange) -> None:
+        pass
+
+    async def make() -> tuple[set[str], set[str]]:
+        direct, _, _ = cycle_of(handler)
+        uvicorns = RequestResponseCycle(
+            scope=cast(Any, {}),
+            transport=cast(asyncio.Transport, Transport()),
+            flow=cast(FlowControl, Flow()),
+            logger=logging.getLogger("test"),
+            access_logger=logging.getLogger("test"),
+            access_log=False,
+            default_headers=[],
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=True,
+            on_response=lambda: None,
+        )
+        return set(vars(direct)), set(vars(uvicorns))
+
+    direct, uvicorns = asyncio.run(make())
+    assert uvicorns <= direct, uvicorns - direct
 
 
 def test_commands_take_the_direct_path_and_every_other_request_asgi(

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from starlette.types import Scope
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from service.errors import ErrorCode
@@ -49,10 +50,40 @@ def _nothing() -> None:
 
 
 class DirectCycle(RequestResponseCycle):
-    def __init__(self, handler: Handler, **cycle: Any) -> None:
-        super().__init__(**cycle)
+    def __init__(
+        self,
+        handler: Handler,
+        scope: Scope,
+        transport: asyncio.Transport,
+        flow: FlowControl,
+        logger: logging.Logger,
+        default_headers: list[tuple[bytes, bytes]],
+        expect_100_continue: bool,
+        keep_alive: bool,
+        on_response: Callable[[], None],
+    ) -> None:
+        # uvicorn's attributes, set here rather than by its __init__ from keywords: a
+        # third of the cost, on every call (tests/test_direct.py checks they are all here).
         self.handler = handler
-        self.request: Scope = cycle["scope"]  # the scope, as Starlette's type
+        self.request = scope
+        self.scope = scope  # type: ignore[assignment]
+        self.transport = transport
+        self.flow = flow
+        self.logger = logger
+        self.access_logger = logger
+        self.access_log = False  # the endpoint logs its own calls (ops/access_log.py)
+        self.default_headers = default_headers
+        self.message_event = asyncio.Event()
+        self.on_response = on_response
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding = None
+        self.expected_content_length = 0
 
     async def run_asgi(self, app: Any) -> None:
         """uvicorn's wrapper, around the handler instead of an app; but where uvicorn

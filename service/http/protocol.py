@@ -382,24 +382,35 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         scope["raw_path"] = self.root_path.encode("ascii") + raw_path
         scope["query_string"] = parsed_url.query or b""
         cycle: RequestResponseCycle
-        settings: dict[str, Any] = {
-            "scope": scope,
-            "transport": self.transport,
-            "flow": self.flow,
-            "logger": self.logger,
-            "access_logger": self.access_logger,
-            "access_log": self.access_log,
-            "default_headers": self.server_state.default_headers,
-            "message_event": asyncio.Event(),
-            "expect_100_continue": self.expect_100_continue,
-            "keep_alive": http_version != "1.0" and parser.should_keep_alive(),
-            "on_response": self.on_response_complete,
-        }
+        default_headers = self.server_state.default_headers
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
         handler = self._direct(method, path) if self._direct is not None else None
         if handler is not None:
-            cycle = DirectCycle(handler, **settings)
+            cycle = DirectCycle(
+                handler,
+                scope,  # type: ignore[arg-type]
+                self.transport,
+                self.flow,
+                self.logger,
+                default_headers,
+                self.expect_100_continue,
+                keep_alive,
+                self.on_response_complete,
+            )
         else:
-            cycle = RequestResponseCycle(**settings)
+            cycle = RequestResponseCycle(
+                scope=scope,
+                transport=self.transport,
+                flow=self.flow,
+                logger=self.logger,
+                access_logger=self.access_logger,
+                access_log=self.access_log,
+                default_headers=default_headers,
+                message_event=asyncio.Event(),
+                expect_100_continue=self.expect_100_continue,
+                keep_alive=keep_alive,
+                on_response=self.on_response_complete,
+            )
             # Its task has not run yet (it starts at the next loop step, or waits in the pipeline).
             cycle.transport = OneWrite(self.transport, cycle, self.loop)  # type: ignore[assignment]
         existing, self.cycle = self.cycle, cycle
