@@ -432,6 +432,31 @@ def test_a_direct_cycle_is_uvicorns_request_cycle_with_every_attribute_of_one() 
     assert uvicorns <= direct, uvicorns - direct
 
 
+def test_nothing_is_written_on_a_transport_already_closing() -> None:
+    """uvloop closes a reset connection's transport before the protocol hears of it: the
+    answer, and the cut-off answer, are dropped rather than raised on a closed transport."""
+
+    async def answers(scope: Any, exchange: Exchange) -> None:
+        await exchange.reply(200, b"{}", b"id-1")
+
+    async def hangs(scope: Any, exchange: Exchange) -> None:
+        await asyncio.sleep(3600)
+
+    async def scenario() -> list[list[bytes]]:
+        written = []
+        for handler in (answers, hangs):
+            cycle, transport, _ = cycle_of(handler)
+            transport.closed = True
+            task = asyncio.ensure_future(cycle.run_asgi(None))
+            await asyncio.sleep(0)
+            task.cancel()
+            await task  # run_asgi ends without raising
+            written.append(transport.writes)
+        return written
+
+    assert asyncio.run(scenario()) == [[], []]
+
+
 def test_commands_take_the_direct_path_and_every_other_request_asgi(
     port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

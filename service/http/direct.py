@@ -106,7 +106,7 @@ class DirectCycle(RequestResponseCycle):
             self.on_response = _nothing
 
     def _cut_off(self) -> None:
-        if self.response_started or self.disconnected:
+        if self.response_started or self.disconnected or self.transport.is_closing():
             self.transport.close()
         else:
             self.keep_alive = False
@@ -139,7 +139,8 @@ class DirectCycle(RequestResponseCycle):
     async def reply(self, status: int, payload: bytes, request_id: bytes) -> None:
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
-        if not self.disconnected:
+        # A reset connection: uvloop closes its transport before the protocol hears of it.
+        if not self.disconnected and not self.transport.is_closing():
             self._answer(status, payload, request_id)
 
     def _answer(self, status: int, payload: bytes, request_id: bytes | None) -> None:
