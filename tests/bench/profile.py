@@ -1,6 +1,7 @@
 """`make profile`: where a worker's time goes under one of `make bench`'s loads.
 
-python -m tests.bench.profile [--workload update|update-warning|get|hot-update|cluster|live]
+python -m tests.bench.profile [--workload W]  (update, update-warning, get, idempotent,
+                                             hot-update, cluster, live)
                               [--seconds S] [--watchers N]
 
 The service runs as in `make bench` (one worker pinned to one CPU; redis-server and the
@@ -15,7 +16,8 @@ load on the other), and while the load runs this samples the worker three ways:
 
 `update` is the headline load (the default config: an access line per call),
 `update-warning` the same with log_level = "warning", `get` get_group_counter,
-`hot-update` the update load with every call on one group (write combining),
+`idempotent` the update load with a fresh Idempotency-Key per call, `hot-update`
+the update load with every call on one group (write combining),
 `cluster` the update load on a 3-master Redis Cluster started here, and
 `live` the live-counter delivery run with --watchers watchers of one group. Prints a
 report; writes nothing. BENCHMARKS.md's gaps are explained from its output
@@ -218,14 +220,14 @@ def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> Non
         with running(service):
             service.start(cpus.server)
             create_groups(service.port, usersig, group_ids(GROUPS))
-            script = "get" if workload == "get" else "update"
+            script = workload if workload in ("get", "idempotent") else "update"
             # hot-update: every call on one group, as make bench's hot row (write combining).
             groups = 1 if workload == "hot-update" else GROUPS
-            run_wrk(service.port, WARMUP_SECONDS, usersig, groups, cpus.load, **_script(script))
+            run_wrk(service.port, WARMUP_SECONDS, usersig, groups, cpus.load, **_script(script, "warm-up-"))
             sampler = Sampler(service.pid, seconds, workdir)
             with sampler.in_background(after=1.0):
                 result = run_wrk(
-                    service.port, int(seconds) + 2, usersig, groups, cpus.load, **_script(script)
+                    service.port, int(seconds) + 2, usersig, groups, cpus.load, **_script(script, "run-")
                 )
             print_report(
                 f"{workload}: {result.rps:,.0f} requests/s",
@@ -234,10 +236,11 @@ def profile_wrk(workload: str, seconds: float, workdir: Path, cpus: Cpus) -> Non
             )
 
 
-def _script(name: str) -> dict[str, Any]:
+def _script(name: str, prefix: str) -> dict[str, Any]:
+    """wrk's script and environment; `prefix` starts each Idempotency-Key (a run's own)."""
     if name == "update":
         return {}
-    return {"script": COMMANDS_SCRIPT, "env": {"BENCH_WORKLOAD": name}}
+    return {"script": COMMANDS_SCRIPT, "env": {"BENCH_WORKLOAD": name, "BENCH_PREFIX": prefix}}
 
 
 def profile_live(watchers: int, seconds: float, workdir: Path, cpus: Cpus) -> None:
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workload",
         default="update",
-        choices=["update", "update-warning", "get", "hot-update", "cluster", "live"],
+        choices=["update", "update-warning", "get", "idempotent", "hot-update", "cluster", "live"],
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="the sampling window")
     parser.add_argument("--watchers", type=int, default=10_000, help="watchers, for --workload live")
