@@ -432,6 +432,27 @@ def test_a_direct_cycle_is_uvicorns_request_cycle_with_every_attribute_of_one() 
     assert uvicorns <= direct, uvicorns - direct
 
 
+def test_gone_returns_once_the_client_has_left_and_not_before() -> None:
+    """What a walking command (get_appid_group_list) waits on to stop its walk: a wake-up
+    of the cycle that is not a disconnect (the end of the body) does not end it."""
+
+    async def handler(scope: Any, exchange: Exchange) -> None:
+        pass
+
+    async def scenario() -> tuple[bool, bool]:
+        cycle, _, _ = cycle_of(handler)
+        gone = asyncio.ensure_future(cycle.gone())
+        cycle.message_event.set()  # as on_message_complete does
+        await asyncio.sleep(0.01)
+        early = gone.done()
+        cycle.disconnected = True  # as connection_lost does
+        cycle.message_event.set()
+        await asyncio.wait_for(gone, 1.0)
+        return early, gone.done()
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
 def test_nothing_is_written_on_a_transport_already_closing() -> None:
     """uvloop closes a reset connection's transport before the protocol hears of it: the
     answer, and the cut-off answer, are dropped rather than raised on a closed transport."""

@@ -26,6 +26,7 @@ from service.config import Settings, parse_config
 from service.storage.format import CURRENT_FORMAT
 from service.storage.keys import FORMAT_KEY
 from service.storage.store import Store, open_store
+from tests.edge import served
 from tests.support import (
     CONFIG,
     OTHER_APP,
@@ -240,6 +241,28 @@ def test_a_walk_stops_when_its_client_leaves(crowded: RedisServer) -> None:
     # At most the SCAN already under way when the client left, and the one it had started.
     assert len(store.counts) <= scans_when_left + 2
     assert len(store.counts) < FOREIGN_KEYS // MIN_SCAN_COUNT  # far from a whole walk
+
+
+def test_a_walk_over_a_real_connection_stops_when_its_client_leaves(crowded: RedisServer) -> None:
+    """The same through the HTTP edge, where a command is answered on its request cycle
+    (service/http/direct.py): the client closes its socket mid-walk."""
+    store = CountingStore(crowded.url, delay=0.002)
+    app = create_app(_settings(list_walk_scans=10**6, list_walk_seconds=60), store)
+    with served(app) as client:
+        body = b'{"Limit": 1}'
+        request = (
+            f"POST {COMMAND_PREFIX}{LIST}?{query(REGISTERED_APP)} HTTP/1.1\r\nhost: t\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        with socket.create_connection(("127.0.0.1", client.base_url.port or 0), timeout=10) as sock:
+            sock.sendall(request)
+            deadline = time.monotonic() + 10
+            while len(store.counts) < 5 and time.monotonic() < deadline:
+                time.sleep(0.002)
+        scans_when_left = len(store.counts)
+        time.sleep(0.5)  # at 2 ms a SCAN, a walk that went on would make ~250 more
+        assert scans_when_left >= 5
+        assert len(store.counts) <= scans_when_left + 3
 
 
 def test_walks_of_an_app_in_flight_are_capped_and_the_one_over_answers_60007(

@@ -40,7 +40,8 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A call cut off before its answer: it may have run (its script may have been sent).
 _CUT_OFF: Final = encode_error(
     ErrorCode.INTERNAL,
-    "the call was cut off before its answer (the service is shutting down); it may have been applied",
+    "internal error: the call was cut off before its answer (the graceful shutdown's timeout, or a "
+    "fault); it may have been applied",
     "maybe",
 )
 
@@ -133,6 +134,7 @@ class DirectCycle(RequestResponseCycle):
 
     async def gone(self) -> None:
         while not (self.disconnected or self.response_complete):
+            self.flow.resume_reading()  # as uvicorn's receive(): a paused socket hears no EOF
             await self.message_event.wait()
             self.message_event.clear()
 
