@@ -56,20 +56,21 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture
-def api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Iterator[Api]:
+def _api(backend: str, settings: Settings, request: pytest.FixtureRequest, *, asgi: bool) -> Iterator[Api]:
     store, inspector = empty_store(backend, request)
     app = create_app(settings, store)
-    # The embedded store's tests call over ASGI; the others through a real HTTP server (tests/edge.py).
-    with TestClient(app) if backend == "memory" else served(app) as client:
+    with TestClient(app) if asgi else served(app) as client:
         yield Api(client=client, inspector=inspector)
     inspector.close()
+
+
+@pytest.fixture
+def api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Iterator[Api]:
+    # The embedded store's tests call over ASGI; the others through a real HTTP server (tests/edge.py).
+    yield from _api(backend, settings, request, asgi=backend == "memory")
 
 
 @pytest.fixture
 def asgi_api(backend: str, settings: Settings, request: pytest.FixtureRequest) -> Iterator[Api]:
     """As `api`, over ASGI on every backend (a TestClient): for requests no HTTP client sends."""
-    store, inspector = empty_store(backend, request)
-    with TestClient(create_app(settings, store)) as client:
-        yield Api(client=client, inspector=inspector)
-    inspector.close()
+    yield from _api(backend, settings, request, asgi=True)

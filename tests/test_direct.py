@@ -30,7 +30,7 @@ from service.http.direct import DirectCycle
 from service.http.exchange import Exchange
 from tests.backends import memory_store
 from tests.edge import served
-from tests.support import CONFIG, query
+from tests.support import CONFIG, RecordingTransport, query
 
 PREFIX = "/v4/group_open_http_svc/"
 UPDATE_A = {"GroupId": "g", "Mode": "Increase", "GroupCounter": [{"Key": "a", "Value": 1}]}
@@ -285,21 +285,6 @@ def test_head_on_a_command_path_is_answered_over_asgi_without_a_body(port: int) 
 # ---- the cycle on its own ----------------------------------------------------------------
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class Flow:
     write_paused = False
 
@@ -307,8 +292,8 @@ class Flow:
         pass
 
 
-def cycle_of(handler: Any, *, keep_alive: bool = True) -> tuple[DirectCycle, Transport, list[str]]:
-    transport, responded = Transport(), []
+def cycle_of(handler: Any, *, keep_alive: bool = True) -> tuple[DirectCycle, RecordingTransport, list[str]]:
+    transport, responded = RecordingTransport(), []
     cycle = DirectCycle(
         handler,
         {"type": "http", "path": PREFIX + "x", "method": "POST", "headers": []},
@@ -415,7 +400,7 @@ def test_a_direct_cycle_is_uvicorns_request_cycle_with_every_attribute_of_one() 
         direct, _, _ = cycle_of(handler)
         uvicorns = RequestResponseCycle(
             scope=cast(Any, {}),
-            transport=cast(asyncio.Transport, Transport()),
+            transport=cast(asyncio.Transport, RecordingTransport()),
             flow=cast(FlowControl, Flow()),
             logger=logging.getLogger("test"),
             access_logger=logging.getLogger("test"),

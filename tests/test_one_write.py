@@ -6,21 +6,7 @@ import asyncio
 from typing import cast
 
 from service.http.protocol import OneWrite
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
+from tests.support import RecordingTransport
 
 
 class Cycle:

@@ -39,6 +39,15 @@ async def send_reply(send: Send, status: int, payload: bytes, request_id: bytes 
     await send({"type": "http.response.body", "body": payload})
 
 
+async def disconnected(receive: Receive) -> None:
+    """Until the client goes away: uvicorn's receive() answers `http.disconnect` once the
+    connection is lost (a body still unread is read, and ignored, on the way)."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 class AsgiExchange:
     __slots__ = ("receive", "scope", "send")
 
@@ -51,11 +60,7 @@ class AsgiExchange:
         return await read_body(self.scope, self.receive, cap)
 
     async def gone(self) -> None:
-        # uvicorn's receive() after the body answers `http.disconnect` once the connection is lost.
-        while True:
-            message: Message = await self.receive()
-            if message["type"] == "http.disconnect":
-                return
+        await disconnected(self.receive)
 
     async def reply(self, status: int, payload: bytes, request_id: bytes) -> None:
         await send_reply(self.send, status, payload, request_id)

@@ -33,7 +33,7 @@ import time
 from typing import Final
 from urllib.parse import parse_qsl
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from service.api.access import Access, EndUser, Principal
 from service.api.call import Call
@@ -41,7 +41,7 @@ from service.api.endpoint import RequestIds
 from service.api.validate import COMMUNITY_PREFIX, check_group_id
 from service.config import Settings
 from service.errors import ErrorCode, ServiceError
-from service.http.exchange import send_reply
+from service.http.exchange import disconnected, send_reply
 from service.http.protocol import OneWrite
 from service.live.feeds import Feeds
 from service.ops.access_log import ACCESS
@@ -171,7 +171,7 @@ class WatchEndpoint:
             raise
 
         self._log(request_id, sdkappid, identifier, group_id, code, started)
-        gone = asyncio.ensure_future(_disconnected(receive))
+        gone = asyncio.ensure_future(disconnected(receive))
         gone.add_done_callback(lambda _: watcher.end())
         TALLY.watchers += 1
         try:
@@ -269,11 +269,3 @@ def _fix_send_buffer(send: Send, size: int) -> None:
         with contextlib.suppress(OSError, ValueError):
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Until the client goes away (a GET's body is read, and ignored, on the way)."""
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return
